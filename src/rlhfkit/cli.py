@@ -1,0 +1,78 @@
+"""`rlhfkit <command> [subcommand] [options]`: dispatches to each stage's `main(argv)`.
+
+Stage modules are imported lazily so `rlhfkit --help` stays fast and a stage's heavy dependencies load only
+when it runs. Each stage parses its own options from a typed config (see rlhfkit.config).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# "command" or "command subcommand" -> "module:function"; each function takes argv (list[str]).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("rlhfkit.sft:pretrain_main", "train a tokenizer and a model from scratch on a corpus"),
+    "sft": ("rlhfkit.sft:sft_main", "supervised fine-tuning on prompt/response pairs or messages"),
+    "sample": ("rlhfkit.generation:sample_main", "sample K completions per prompt -> candidates JSONL"),
+    "rm train": ("rlhfkit.reward:train_main", "train a reward model on preferences or rankings"),
+    "rm eval": ("rlhfkit.reward:eval_main", "held-out accuracy, margin and calibration of a reward model"),
+    "rm score": ("rlhfkit.reward:score_main", "add reward-model scores to a candidates file"),
+    "label auto": ("rlhfkit.labeling.auto:main", "label candidates with a gold function or reward model"),
+    "label serve": ("rlhfkit.labeling.web:serve_main", "web app where people rank and score responses"),
+    "label add-labeler": ("rlhfkit.labeling.web:add_labeler_main", "create a labeler; prints a login token"),
+    "label export": ("rlhfkit.labeling.web:export_main", "export collected labels as preferences/rankings"),
+    "dpo": ("rlhfkit.dpo:main", "DPO, IPO, cDPO, preferred-FT, unlikelihood; offline or online"),
+    "ppo": ("rlhfkit.ppo:main", "PPO with a KL penalty (GAE, RLOO or GRPO advantages)"),
+    "eval reward-kl": ("rlhfkit.evaluate:reward_kl_main", "mean gold reward and KL to the reference"),
+    "eval win-rate": ("rlhfkit.evaluate:win_rate_main", "win rate of policy A over B under a judge"),
+    "eval beta-for-kl": ("rlhfkit.evaluate:beta_for_kl_main", "fit log(beta) vs log(KL); predict beta"),
+    "data corpus": ("rlhfkit.corpus:main", "build the embedded offline corpus and prompt splits"),
+    "data mine-dialogues": ("rlhfkit.dialogues:main", "mine multi-turn dialogues from raw text"),
+    "data chitchat": ("rlhfkit.corpus:chitchat_sft_main", "chitchat-dataset -> multi-turn SFT data"),
+    "data chitchat-preferences": ("rlhfkit.corpus:chitchat_preferences_main", "rated chitchat -> preferences"),
+    "experiment sentiment": ("rlhfkit.experiments.sentiment:main", "the DPO paper's sentiment experiment"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: rlhfkit <command> [options]   (rlhfkit <command> --help for its options)", ""]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def resolve(argv: list[str]) -> tuple[str, list[str]]:
+    """Find the longest command name that prefixes argv; return its target and the remaining args."""
+    for n in (2, 1):
+        name = " ".join(argv[:n])
+        if len(argv) >= n and name in COMMANDS:
+            return COMMANDS[name][0], argv[n:]
+    raise KeyError(" ".join(argv[:2]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlhfkit.errors import RlhfkitError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    try:
+        target, rest = resolve(argv)
+    except KeyError:
+        print(f"rlhfkit: unknown command '{' '.join(argv[:2])}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = target.split(":")
+    try:
+        result = getattr(importlib.import_module(module_name), func_name)(rest)
+    except RlhfkitError as err:
+        print(f"rlhfkit: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("rlhfkit: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
