@@ -1,0 +1,1 @@
+"""The labelling web app: database (db), labelling rules (labels), agreement, admin stats, export, FastAPI app."""
