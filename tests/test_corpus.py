@@ -108,7 +108,7 @@ def test_chitchat_preference_pairs_by_hand():
     assert counts["ties_skipped"] == 3  # a-c, a-g (9 vs 10), c-g (8.33 vs 10)
     assert counts["same_reply_skipped"] == 1  # b-g
     assert counts["pairs"] == 2 and counts["rated_conversations"] == 5
-    assert {r["prompt"] for r in records} == {"Hello!"}  # most common spelling; ties -> first seen
+    assert {r["prompt"] for r in records} == {"hello"}  # the most common spelling among b, g vs a, c
     label = records[0]["label"]
     assert label["source"] == "human" and label["dataset"] == "chitchat-dataset"
     assert label["mean_ratings"][0] - label["mean_ratings"][1] >= 2.0
