@@ -281,16 +281,22 @@ def encode_pair(
     prompt); otherwise the plain template: prompt text immediately followed by response text (a continuation).
     """
     stats = stats if stats is not None else TruncationStats()
-    if chat is None:
-        chat = bool(getattr(tokenizer, "chat_template", None))
-    prompt_text = render_chat(tokenizer, [{"role": "user", "content": prompt}], True) if chat else prompt
-    prompt_ids = _ids(tokenizer, prompt_text)
-    prompt_ids = _bos_prefix(tokenizer, prompt_ids) + prompt_ids
+    prompt_ids = encode_prompt(tokenizer, prompt, chat)
     response_ids = _ids(tokenizer, response)
     eos = tokenizer.eos_token_id
     if not response_ids or response_ids[-1] != eos:
         response_ids.append(eos)
     return _segments_to_example([(prompt_ids, 0), (response_ids, 1)], max_length, max_prompt_length, policy, stats)
+
+
+def encode_prompt(tokenizer: Any, prompt: str, chat: bool | None = None) -> list[int]:
+    """Prompt token ids exactly as training sees them: chat-templated when the tokenizer has a template
+    (chat=None), BOS first when the tokenizer uses one, never twice."""
+    if chat is None:
+        chat = bool(getattr(tokenizer, "chat_template", None))
+    prompt_text = render_chat(tokenizer, [{"role": "user", "content": prompt}], True) if chat else prompt
+    prompt_ids = _ids(tokenizer, prompt_text)
+    return _bos_prefix(tokenizer, prompt_ids) + prompt_ids
 
 
 def render_chat(tokenizer: Any, messages: list[dict], add_generation_prompt: bool) -> str:

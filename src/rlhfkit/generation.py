@@ -1,0 +1,176 @@
+"""Sampling with a KV cache: K completions per prompt, stop at EOS, left padding handled here and only here.
+
+Layout of a Rollout: prompts are LEFT-padded to P columns, responses RIGHT-padded to A columns, so that the
+joined sequence `cat(prompt_ids, response_ids)` (N, P + A) has every response starting at column P. Samples of one
+prompt are consecutive rows (the group layout RLOO/GRPO baselines expect).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlhfkit import ops
+
+
+@dataclass
+class Rollout:
+    """Shapes: N = prompts * samples_per_prompt, P prompt columns, A response columns."""
+
+    prompt_ids: torch.Tensor  # (N, P) left-padded
+    prompt_mask: torch.Tensor  # (N, P) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (N, A) right-padded with pad
+    response_mask: torch.Tensor  # (N, A) 1 on generated tokens up to and including EOS
+    logprobs: torch.Tensor  # (N, A) log-probs of the sampled tokens under the temperature-scaled policy
+    ended: torch.Tensor  # (N,) bool: the response emitted EOS within the budget
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)  # (N, P + A)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)  # (N, P + A)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)  # (N,)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists -> ids (N, P) and mask (N, P)."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)  # (N, P)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long)  # (N, P)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, P - len(p) :] = torch.tensor(p)
+            mask[i, P - len(p) :] = 1
+    return ids, mask
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore left padding: 0 at each row's first real token. (N, T) -> (N, T)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability reaches top_p (nucleus sampling). (N, V)."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    remove = cum - sorted_logits.softmax(-1) >= top_p  # drop a token once the mass before it reaches top_p
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+@torch.no_grad()
+def _sample_chunk(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int, max_new_tokens: int,
+                  temperature: float, top_p: float, min_new_tokens: int, generator: torch.Generator) -> Rollout:
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    ids, attn = prompt_ids.to(device), prompt_mask.to(device)
+    N = ids.shape[0]
+    out = model(input_ids=ids, attention_mask=attn, position_ids=positions(attn), use_cache=True)
+    cache, logits = out.cache, out.logits[:, -1]  # (N, V)
+    pos = positions(attn)[:, -1]  # (N,)
+    done = torch.zeros(N, dtype=torch.bool, device=device)
+    tokens, logps, live = [], [], []
+    for step in range(max_new_tokens):
+        logits = logits.float()
+        if step < min_new_tokens:
+            logits[:, eos_id] = float("-inf")
+        if temperature > 0:
+            scaled = logits / temperature
+            probs = _top_p_filter(scaled, top_p).softmax(-1)
+            tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(device)  # (N,)
+        else:
+            scaled = logits
+            tok = logits.argmax(-1)
+        logp = scaled.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)  # (N,)
+        live.append(~done)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        logps.append(torch.where(done, torch.zeros_like(logp), logp))
+        done = done | (tok == eos_id)
+        if bool(done.all()):
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        pos = pos + 1
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos[:, None], cache=cache,
+                    use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
+    response_mask = torch.stack(live, 1).long()  # (N, A)
+    return Rollout(prompt_ids, prompt_mask, torch.stack(tokens, 1).cpu(), response_mask.cpu(),
+                   torch.stack(logps, 1).cpu(), done.cpu())
+
+
+def _pad_cat(tensors: list[torch.Tensor], value: float, left: bool = False) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    padded = []
+    for t in tensors:
+        fill = torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype)
+        padded.append(torch.cat([fill, t] if left else [t, fill], dim=1))
+    return torch.cat(padded, 0)
+
+
+def sample(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int, num_samples: int = 1,
+           max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0, min_new_tokens: int = 0,
+           seed: int = 0, batch_size: int = 64) -> Rollout:
+    """Sample `num_samples` completions for each prompt (token lists), stopping each at EOS.
+
+    temperature 0 is greedy. min_new_tokens forbids EOS before that many tokens (= max_new_tokens gives
+    fixed-length completions). Deterministic for a given seed and batch_size. Dropout is off while sampling.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rows = [p for p in prompts for _ in range(num_samples)]
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [
+            _sample_chunk(model, rows[i : i + batch_size], pad_id, eos_id, max_new_tokens, temperature, top_p,
+                          min_new_tokens, generator)
+            for i in range(0, len(rows), batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return Rollout(
+        _pad_cat([c.prompt_ids for c in chunks], pad_id, left=True),
+        _pad_cat([c.prompt_mask for c in chunks], 0, left=True),
+        _pad_cat([c.response_ids for c in chunks], pad_id),
+        _pad_cat([c.response_mask for c in chunks], 0),
+        _pad_cat([c.logprobs for c in chunks], 0.0),
+        torch.cat([c.ended for c in chunks]),
+    )
+
+
+def response_logprobs(model: Any, rollout: Rollout, batch_size: int | None = None) -> torch.Tensor:
+    """Per-token log-probs (N, A) of the rollout's response tokens under `model` (temperature 1), 0 on padding.
+
+    Runs with gradients if the caller enables them; use under torch.no_grad() for reference / old log-probs.
+    """
+    ids, attn = rollout.input_ids, rollout.attention_mask  # (N, P + A)
+    P, A = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
+    device = next(model.parameters()).device
+    parts = []
+    step = batch_size or ids.shape[0]
+    for i in range(0, ids.shape[0], step):
+        b_ids, b_attn = ids[i : i + step].to(device), attn[i : i + step].to(device)
+        logits = model(input_ids=b_ids, attention_mask=b_attn, position_ids=positions(b_attn)).logits
+        tok = ops.token_logprobs(logits, b_ids)  # (b, P + A - 1); column t-1 scores token t
+        parts.append(tok[:, P - 1 : P - 1 + A])  # (b, A)
+    return torch.cat(parts, 0) * rollout.response_mask.to(parts[0].device)
+
+
+def decode_responses(tokenizer: Any, rollout: Rollout) -> list[str]:
+    """Response texts without EOS / padding."""
+    texts = []
+    for ids, mask in zip(rollout.response_ids, rollout.response_mask):
+        toks = ids[mask.bool()].tolist()
+        if toks and toks[-1] == tokenizer.eos_token_id:
+            toks = toks[:-1]
+        texts.append(tokenizer.decode(toks, skip_special_tokens=True))
+    return texts
