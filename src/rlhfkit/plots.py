@@ -1,0 +1,110 @@
+"""Evaluation plots as PNG files: the reward-vs-KL frontier, log(beta) vs log(KL), per-method bars.
+
+Uses matplotlib's object-oriented API with the Agg canvas and never pyplot, so it needs no display, keeps no
+global figure state and leaves the process's backend alone. Import this module lazily (matplotlib is slow
+to import); `rlhfkit.report` does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from rlhfkit.stats import BetaKLFit, frontier
+
+MARKERS = "osD^vP*Xh<>"
+
+
+def _figure() -> tuple[Figure, Any]:
+    fig = Figure(figsize=(7.0, 4.8), dpi=110)
+    FigureCanvasAgg(fig)  # attach the Agg canvas explicitly: rendering never depends on the default backend
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save(fig: Figure, path: str | Path) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return str(path)
+
+
+def _group(rows: Sequence[dict], key: str = "method") -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(str(row[key]), []).append(row)
+    return groups
+
+
+def plot_frontier(rows: Sequence[dict], path: str | Path) -> str:
+    """Mean gold reward against KL(pi || pi_ref) for every checkpoint, one colour and marker per method.
+
+    rows: dicts {method, kl, reward, reward_se?, kl_se?, label?}. Error bars show the standard errors when
+    given; `label` (e.g. "beta=0.1") is written next to the point; each method's Pareto frontier (lower KL,
+    higher reward) is drawn as a line. Up-and-left is better.
+    """
+    fig, ax = _figure()
+    colours = itertools.cycle(f"C{i}" for i in range(10))
+    for (method, group), marker, colour in zip(_group(rows).items(), itertools.cycle(MARKERS), colours):
+        kl = [float(r["kl"]) for r in group]
+        reward = [float(r["reward"]) for r in group]
+        xerr = [float(r.get("kl_se") or 0.0) for r in group]
+        yerr = [float(r.get("reward_se") or 0.0) for r in group]
+        ax.errorbar(kl, reward, xerr=xerr, yerr=yerr, fmt=marker, color=colour, alpha=0.8, capsize=2,
+                    label=method)
+        best = frontier(list(zip(kl, reward)))
+        if len(best) > 1:
+            ax.plot([p[0] for p in best], [p[1] for p in best], "-", color=colour, alpha=0.6)
+        for r in group:
+            if r.get("label"):
+                ax.annotate(str(r["label"]), (float(r["kl"]), float(r["reward"])), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("KL(π || π_ref)  (nats)")
+    ax.set_ylabel("mean gold reward")
+    ax.set_title("Reward vs KL frontier (up and left is better)")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_beta_kl(betas: Sequence[float], kls: Sequence[float], fit: BetaKLFit | None, path: str | Path) -> str:
+    """Log-log scatter of KL against beta with the fitted line log KL = slope * log beta + intercept."""
+    fig, ax = _figure()
+    ax.loglog(betas, kls, "o", label="DPO runs")
+    if fit is not None and len(betas) > 0:
+        lo, hi = math.log(min(betas)), math.log(max(betas))
+        xs = [math.exp(lo + (hi - lo) * i / 49) for i in range(50)]
+        ax.loglog(xs, [math.exp(fit.intercept) * x**fit.slope for x in xs], "-",
+                  label=f"fit: slope {fit.slope:.2f}, r² {fit.r2:.2f}")
+    ax.set_xlabel("β")
+    ax.set_ylabel("KL(π || π_ref)  (nats)")
+    ax.set_title("How β sets the KL reached")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_bars(rows: Sequence[dict], path: str | Path, value: str, title: str,
+              reference: float | None = None) -> str:
+    """One bar per row (x = row["method"], height = row[value]) with error bars from row["low"] / row["high"]
+    when present; `reference` draws a dashed horizontal line (0.5 for win rates: no better than the baseline).
+    """
+    fig, ax = _figure()
+    names = [str(r["method"]) for r in rows]
+    heights = [float(r[value]) for r in rows]
+    below = [heights[i] - float(r["low"]) if r.get("low") is not None else 0.0 for i, r in enumerate(rows)]
+    above = [float(r["high"]) - heights[i] if r.get("high") is not None else 0.0 for i, r in enumerate(rows)]
+    ax.bar(range(len(rows)), heights, yerr=[below, above], capsize=4, color=[f"C{i % 10}" for i in range(len(rows))])
+    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right")
+    if reference is not None:
+        ax.axhline(reference, linestyle="--", color="grey", linewidth=1)
+    ax.set_ylabel(value)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
