@@ -134,3 +134,10 @@ def test_write_report_writes_every_file_and_escapes_model_text(tmp_path):
     assert len(rows) == 7 and rows[1] == {"method": "dpo", "label": "DPO β=0.1", "beta": "0.1", "step": "100",
                                           "kl": "1.0", "kl_se": "0.1", "reward": "0.3", "reward_se": "0.02",
                                           "length": "20.0"}
+
+
+def test_write_report_with_only_methods_skips_absent_plots(tmp_path):
+    paths = report.write_report(tmp_path, {"methods": [PPO_RUN]})
+    assert set(paths) == {"html", "markdown", "json", "csv", "frontier"}  # no beta fit, no win rates
+    page = open(paths["html"], encoding="utf-8").read()
+    assert "<td>PPO</td><td>—</td><td>0.500 ± 0.020</td><td>4.000 ± 0.100</td><td>200</td>" in page  # no budget: best overall

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from rlhfkit.stats import BetaKLFit, frontier
 
@@ -82,6 +83,10 @@ def plot_beta_kl(betas: Sequence[float], kls: Sequence[float], fit: BetaKLFit | 
         xs = [math.exp(lo + (hi - lo) * i / 49) for i in range(50)]
         ax.loglog(xs, [math.exp(fit.intercept) * x**fit.slope for x in xs], "-",
                   label=f"fit: slope {fit.slope:.2f}, r² {fit.r2:.2f}")
+    for axis in (ax.xaxis, ax.yaxis):  # ticks at 1-2-5 steps, written 0.1, 0.2, 0.5 rather than 10^-1
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("β")
     ax.set_ylabel("KL(π || π_ref)  (nats)")
     ax.set_title("How β sets the KL reached")
