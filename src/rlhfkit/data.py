@@ -411,3 +411,23 @@ def collate(examples: list[Encoded], pad_id: int, padding_side: str = "right") -
         attention_mask[b, cols] = 1
         loss_mask[b, cols] = torch.tensor(e.loss_mask)
     return TokenBatch(input_ids, attention_mask, loss_mask)
+
+
+def split_train_eval(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded, deterministic hold-out split (at least one eval record when there are two or more)."""
+    if len(records) < 2 or eval_fraction <= 0:
+        return list(records), []
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = min(len(records) - 1, max(1, round(len(records) * eval_fraction)))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
+
+
+def load_train_eval(cfg: Any, kind: str, seed: int) -> tuple[list[dict], list[dict]]:
+    """Records for a DataConfig: its `eval` source, or a seeded `eval_fraction` hold-out of `train`."""
+    if not cfg.train:
+        raise DataError("--data.train", None, "no training data given")
+    train = read_records(cfg.train, kind)[: cfg.max_records]
+    if cfg.eval:
+        return train, read_records(cfg.eval, kind)
+    return split_train_eval(train, cfg.eval_fraction, seed)

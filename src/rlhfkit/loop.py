@@ -1,0 +1,282 @@
+"""The one training loop every offline objective shares: `fit(objective, ...)`.
+
+It knows nothing about the algorithm it runs: an objective maps (model, batch) to (scalar loss, metrics).
+On top of `accelerate` (DDP / FSDP / DeepSpeed by `accelerate launch`; plain CPU or one GPU otherwise) it does
+gradient accumulation, clipping, warmup + cosine schedule, periodic evaluation, metrics, atomic resumable
+checkpoints, and stops on a non-finite loss keeping the last good checkpoint.
+
+Data order is a pure function of (seed, epoch): optimizer step s of epoch e reads rows [s*G, (s+1)*G) of a
+seeded permutation, G = batch_size * grad_accum * processes, and process r takes its contiguous share. So a
+resumed run reads exactly what an uninterrupted one would, and 2 processes see the same global batch as 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.config import OptimConfig, TrainConfig
+from rlhfkit.errors import TrainingDiverged
+from rlhfkit.tracking import Run
+
+Objective = Callable[[Any, Any], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+@dataclass
+class FitResult:
+    step: int
+    status: str  # "done" | "time_limit"
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+def make_accelerator(cfg: TrainConfig) -> Any:
+    """An Accelerator on the GPU when there is one, else on CPU (gloo when launched with several processes)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    return accelerator
+
+
+def lr_lambda(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak lr at a step: linear warmup, then cosine / linear / constant decay."""
+
+    def f(step: int) -> float:
+        if step < optim.warmup_steps:
+            return (step + 1) / (optim.warmup_steps + 1)
+        if optim.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1 - progress
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * decay
+
+    return f
+
+
+def make_optimizer(model: Any, optim: OptimConfig, total_steps: int) -> tuple[Any, Any]:
+    """AdamW over trainable parameters (no decay on biases and norms) and its LambdaLR schedule."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
+
+
+def global_batch(cfg: TrainConfig, processes: int) -> int:
+    return cfg.batch_size * cfg.grad_accum * processes
+
+
+def total_steps(cfg: TrainConfig, n_examples: int, processes: int) -> int:
+    return cfg.max_steps or cfg.epochs * steps_per_epoch(cfg, n_examples, processes)
+
+
+def steps_per_epoch(cfg: TrainConfig, n_examples: int, processes: int) -> int:
+    return max(1, n_examples // global_batch(cfg, processes))
+
+
+def step_indices(cfg: TrainConfig, n_examples: int, step: int, processes: int, rank: int) -> list[list[int]]:
+    """This process's micro-batches (lists of example indices) for optimizer step `step`."""
+    G = global_batch(cfg, processes)
+    per_epoch = steps_per_epoch(cfg, n_examples, processes)
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    rows = [int(perm[(k * G + i) % n_examples]) for i in range(G)]
+    mine = rows[rank * cfg.batch_size * cfg.grad_accum : (rank + 1) * cfg.batch_size * cfg.grad_accum]
+    return [mine[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(cfg.grad_accum)]
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a directory counts once its loop_state.json is in place)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.exists():
+        return []
+    done = [d for d in root.iterdir() if d.name.startswith("step-") and (d / "loop_state.json").exists()]
+    return sorted(done, key=lambda d: int(d.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator: Any, run_dir: Path, step: int, extra: dict | None = None, keep: int = 2) -> Path:
+    """Model, optimizer, scheduler and RNG states (accelerate.save_state) + loop state, written to a temp
+    directory and renamed into place, so a kill at any moment leaves the previous checkpoint intact."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=False)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "loop_state.json").write_text(json.dumps({"step": step, "extra": extra or {}}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_latest_checkpoint(accelerator: Any, run_dir: Path) -> tuple[int, dict] | None:
+    """Restore the newest complete checkpoint into the prepared objects; returns (step, extra) or None."""
+    dirs = checkpoint_dirs(run_dir)
+    if not dirs:
+        return None
+    accelerator.load_state(str(dirs[-1]))
+    state = json.loads((dirs[-1] / "loop_state.json").read_text())
+    return state["step"], state["extra"]
+
+
+# ---------------------------------------------------------------------------------------------------- loop
+def _num_tokens(batch: Any) -> int:
+    mask = getattr(batch, "attention_mask", None)
+    return int(mask.sum()) if mask is not None else 0
+
+
+@torch.no_grad()
+def evaluate_objective(objective: Objective, model: Any, examples: Sequence, collate: Callable, batch_size: int,
+                       device: Any) -> dict[str, float]:
+    """Mean of the objective's loss and metrics over held-out examples (dropout off), as `eval/<name>`."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    for i in range(0, len(examples), batch_size):
+        chunk = list(examples[i : i + batch_size])
+        loss, metrics = objective(model, collate(chunk).to(device))
+        for k, v in {"loss": float(loss), **metrics}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
+        n += len(chunk)
+    model.train(was_training)
+    return {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
+
+
+def _check_finite(accelerator: Any, loss: torch.Tensor, step: int, run_dir: Path) -> None:
+    bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    if float(bad) > 0:
+        last = checkpoint_dirs(run_dir)
+        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint had been written yet"
+        raise TrainingDiverged(
+            f"non-finite loss at optimizer step {step + 1}; stopped, {kept}. Lower the learning rate or check "
+            "the data, then rerun (add --train.resume to continue from that checkpoint)"
+        )
+
+
+def fit(
+    objective: Objective,
+    model: Any,
+    train: Sequence,
+    collate: Callable[[list], Any],
+    cfg: TrainConfig,
+    optim: OptimConfig,
+    run: Run,
+    accelerator: Any = None,
+    eval_examples: Sequence | None = None,
+    evaluate: Callable[[Any], dict[str, float]] | None = None,
+) -> FitResult:
+    """Train `model` on `train` by minimising `objective`; see the module docstring for the guarantees.
+
+    collate: list of examples -> a batch with `.to(device)`. evaluate: optional extra evaluation of the
+    (unwrapped) model, e.g. sampled KL, merged into the eval metrics.
+    """
+    accelerator = accelerator or make_accelerator(cfg)
+    P, rank = accelerator.num_processes, accelerator.process_index
+    steps = total_steps(cfg, len(train), P)
+    optimizer, scheduler = make_optimizer(model, optim, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    start = 0
+    if cfg.resume and (restored := load_latest_checkpoint(accelerator, run.dir)) is not None:
+        start = restored[0]
+        run.truncate_metrics(start)
+    return _train(objective, model, optimizer, scheduler, train, collate, cfg, optim, run, accelerator, start,
+                  steps, eval_examples, evaluate)
+
+
+def _train(objective, model, optimizer, scheduler, train, collate, cfg, optim, run, accelerator, start, steps,
+           eval_examples, evaluate) -> FitResult:
+    from tqdm.auto import tqdm
+
+    P, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    bar = tqdm(total=steps, initial=start, disable=not (cfg.progress and accelerator.is_main_process),
+               desc=run.dir.name, dynamic_ncols=True)
+    t0, tokens, window, result = time.time(), 0, [], FitResult(step=start, status="done")
+    model.train()
+    for step in range(start, steps):
+        micro = step_indices(cfg, len(train), step, P, rank)
+        metrics_sum: dict[str, float] = {}
+        for i, idx in enumerate(micro):
+            batch = collate([train[j] for j in idx]).to(device)
+            tokens += _num_tokens(batch) * P
+            sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
+            with sync:
+                loss, metrics = objective(model, batch)
+                _check_finite(accelerator, loss, step, run.dir)
+                accelerator.backward(loss / len(micro))
+            for k, v in {"loss": float(loss.detach()), **metrics}.items():
+                metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v) / len(micro)
+        grad_norm = _clip(accelerator, model, optim)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.append(metrics_sum)
+        done = step + 1
+        result.step, result.last_metrics = done, {f"train/{k}": v for k, v in metrics_sum.items()}
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics_sum['loss']:.4f}")
+        if done % cfg.log_every == 0 or done == steps:
+            elapsed = time.time() - t0
+            avg = {f"train/{k}": sum(w[k] for w in window) / len(window) for k in window[0]}
+            run.log(done, {**avg, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
+                           "perf/tokens_per_s": tokens / max(elapsed, 1e-9)})
+            window = []
+        if eval_examples is not None and (done % cfg.eval_every == 0 or done == steps):
+            result.eval_metrics = _eval(objective, model, eval_examples, collate, cfg, accelerator, evaluate)
+            run.log(done, result.eval_metrics)
+        out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
+        if done % cfg.save_every == 0 or done == steps or out_of_time:
+            save_checkpoint(accelerator, run.dir, done, keep=cfg.keep_checkpoints)
+        if out_of_time:
+            result.status = "time_limit"
+            break
+    bar.close()
+    result.seconds = time.time() - t0
+    result.tokens_per_second = tokens / max(result.seconds, 1e-9)
+    return result
+
+
+def _eval(objective, model, eval_examples, collate, cfg, accelerator, evaluate) -> dict[str, float]:
+    inner = accelerator.unwrap_model(model)
+    metrics = evaluate_objective(objective, inner, eval_examples, collate, cfg.batch_size, accelerator.device)
+    if evaluate is not None:
+        metrics.update(evaluate(inner))
+    return metrics
+
+
+def _clip(accelerator: Any, model: Any, optim: OptimConfig) -> float:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optim.max_grad_norm is None:
+        norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+        return float(torch.stack(norms).norm()) if norms else 0.0
+    return float(accelerator.clip_grad_norm_(params, optim.max_grad_norm))
