@@ -1,0 +1,167 @@
+"""Automatic labelers: turn candidates ({"prompt", "responses", "policy"}) into preference or ranking records
+with a scorer (rlhfkit.labeling.gold) and an optional Bradley-Terry noise model.
+
+Noise. People disagree: InstructGPT's labelers agree with each other ~73% of the time. A noiseless gold
+labeler is unrealistically clean, so with `temperature` T > 0 a pair is ordered by sampling the
+Bradley-Terry model the reward model itself assumes,
+
+    P(a preferred over b) = sigma((s_a - s_b) / T),
+
+and a ranking by sampling the Plackett-Luce model with utilities s / T (Gumbel-max: sort s / T + Gumbel noise;
+for K = 2 it is the same Bradley-Terry probability). T = 0 orders by score exactly.
+
+Hitting ~73% agreement with the gold ordering: the expected agreement is the mean of sigma(|s_a - s_b| / T)
+over the pairs (`expected_agreement`), which falls from 1 (T -> 0) to 1/2 (T -> inf). `temperature_for_agreement`
+solves it for T given the score gaps of your candidates, e.g. on VADER-scored samples:
+
+    gaps = [abs(a - b) for each candidate pair]; T = temperature_for_agreement(gaps, 0.73)
+
+Ties: pairs whose scores are exactly equal carry no preference and are dropped and counted (VADER gives exactly 0
+to many short completions); a ranking with any tied scores is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from rlhfkit.data import read_records, write_jsonl
+from rlhfkit.labeling.gold import Scorer, checked_scores, make_scorer, scorer_source
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def noisy_preference(score_a: float, score_b: float, temperature: float, rng: random.Random) -> bool:
+    """True if a is preferred: sampled with P = sigma((s_a - s_b) / T); T = 0 is the deterministic s_a > s_b."""
+    if temperature == 0:
+        return score_a > score_b
+    return rng.random() < sigmoid((score_a - score_b) / temperature)
+
+
+def noisy_ranking(scores: list[float], temperature: float, rng: random.Random) -> list[int]:
+    """Indices best first: a Plackett-Luce sample with utilities s / T (Gumbel-max trick); T = 0 sorts by score."""
+    if temperature == 0:
+        keys = list(scores)
+    else:
+        keys = [s / temperature - math.log(-math.log(rng.random() or 1e-300)) for s in scores]
+    return sorted(range(len(scores)), key=lambda i: -keys[i])
+
+
+def expected_agreement(gaps: list[float], temperature: float) -> float:
+    """Mean probability that the noisy label matches the gold order: mean_i sigma(|gap_i| / T)."""
+    if temperature == 0:
+        return 1.0
+    return sum(sigmoid(abs(g) / temperature) for g in gaps) / len(gaps)
+
+
+def temperature_for_agreement(gaps: list[float], target: float = 0.73) -> float:
+    """The T at which `expected_agreement(gaps, T) == target` (bisection on log T; agreement falls with T)."""
+    if not 0.5 < target < 1.0 or not any(gaps):
+        raise ValueError(f"need 0.5 < target < 1 and some non-zero gaps; got target={target}")
+    lo, hi = -30.0, 30.0  # log T
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected_agreement(gaps, math.exp(mid)) > target else (lo, mid)
+    return math.exp((lo + hi) / 2)
+
+
+def _all_scores(candidates: list[dict], scorer: Scorer, spec: str) -> list[list[float]]:
+    """Score every (prompt, response) in one call; split back per candidate record."""
+    prompts = [c["prompt"] for c in candidates for _ in c["responses"]]
+    flat = checked_scores(scorer, prompts, [r for c in candidates for r in c["responses"]], spec)
+    offsets = list(itertools.accumulate([len(c["responses"]) for c in candidates], initial=0))
+    return [flat[a:b] for a, b in zip(offsets, offsets[1:])]
+
+
+def _pair_records(cand: dict, scores: list[float], temperature: float, rng, label: dict, counts: Counter):
+    """All C(K, 2) pairs of one candidate record, each ordered by a (noisy) preference."""
+    records = []
+    for i, j in itertools.combinations(range(len(scores)), 2):
+        if cand["responses"][i] == cand["responses"][j]:
+            counts["identical_dropped"] += 1  # the same text twice: no preference to express
+            continue
+        if scores[i] == scores[j]:
+            counts["ties_dropped"] += 1
+            continue
+        a, b = (i, j) if noisy_preference(scores[i], scores[j], temperature, rng) else (j, i)
+        pair_label = dict(label, scores=[scores[a], scores[b]])
+        records.append({"prompt": cand["prompt"], "chosen": cand["responses"][a], "rejected": cand["responses"][b],
+                        "label": pair_label})
+    return records
+
+
+def _ranking_record(cand: dict, scores: list[float], temperature: float, rng, label: dict, counts: Counter):
+    if len(set(scores)) < len(scores):
+        counts["ties_dropped"] += 1
+        return []
+    ranking = noisy_ranking(scores, temperature, rng)
+    return [{"prompt": cand["prompt"], "responses": list(cand["responses"]), "ranking": ranking,
+             "label": dict(label, scores=scores)}]
+
+
+def label_candidates(
+    candidates: list[dict],
+    scorer: Scorer,
+    mode: Literal["pairs", "rankings"] = "pairs",
+    temperature: float = 0.0,
+    seed: int = 0,
+    labeler_name: str = "custom",
+    source: str = "gold",
+) -> tuple[list[dict], Counter]:
+    """Preference (mode="pairs") or ranking records for every candidate record, with provenance on each:
+    {"source", "labeler", "time" (ISO UTC), "temperature", "seed", "policy", "scores"} (scores of chosen and
+    rejected, or of the responses in their given order). Returns (records, counts)."""
+    if mode not in ("pairs", "rankings"):
+        raise ValueError(f"mode must be 'pairs' or 'rankings', got {mode!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    rng = random.Random(seed)
+    time = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    counts: Counter = Counter(candidates=len(candidates), ties_dropped=0)
+    records: list[dict] = []
+    build = _pair_records if mode == "pairs" else _ranking_record
+    for cand, scores in zip(candidates, _all_scores(candidates, scorer, labeler_name)):
+        label = {"source": source, "labeler": labeler_name, "time": time, "temperature": temperature,
+                 "seed": seed, "policy": cand.get("policy")}
+        records += build(cand, scores, temperature, rng, label, counts)
+    counts["records"] = len(records)
+    return records, counts
+
+
+@dataclass(frozen=True)
+class AutoLabelArgs:
+    candidates: Path
+    """Candidates JSONL: {"prompt", "responses": [...], "policy"} per line."""
+    out: Path
+    """Output JSONL of preference records (pairs) or ranking records (rankings)."""
+    judge: str = "vader"
+    """Scorer: 'vader', 'module:function' (your scorer), or 'rm:PATH' (a trained reward model)."""
+    mode: Literal["pairs", "rankings"] = "pairs"
+    """'pairs': all C(K,2) pairs per prompt; 'rankings': one ranking of the K responses per prompt."""
+    temperature: float = 0.0
+    """Bradley-Terry / Plackett-Luce noise temperature on the score scale; 0 = always follow the scores."""
+    seed: int = 0
+    """Seed of the noise."""
+
+
+def main(argv: list[str]) -> int:
+    import tyro
+
+    args = tyro.cli(AutoLabelArgs, args=argv)
+    scorer = make_scorer(args.judge)
+    candidates = read_records(args.candidates, "candidates")
+    records, counts = label_candidates(
+        candidates, scorer, args.mode, args.temperature, args.seed, args.judge, scorer_source(args.judge)
+    )
+    write_jsonl(args.out, records)
+    print(json.dumps(dict(counts)))
+    return 0

@@ -1,0 +1,82 @@
+"""Gold scorers: functions that give every (prompt, response) a number, so preferences can be labelled
+without people.
+
+A scorer is `Callable[[list[str], list[str]], list[float]]`: prompts and responses of equal length N in, N
+finite scores out (higher = better). `make_scorer(spec)` builds one from a command-line spec:
+
+    vader              VADER compound sentiment of prompt + " " + response, in [-1, 1] (the gold reward of the
+                       sentiment experiment: the DPO paper scores prefix + completion with its classifier)
+    module:function    any importable function with the scorer signature
+    rm:PATH            a trained reward model, loaded by `rlhfkit.reward.load_reward_scorer(PATH)`
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import math
+from typing import Callable
+
+from rlhfkit.errors import MissingPackageError, RlhfkitError
+
+Scorer = Callable[[list[str], list[str]], list[float]]
+
+
+@functools.cache
+def _vader_analyzer():
+    """One SentimentIntensityAnalyzer per process: building it parses the lexicon (~tens of ms)."""
+    if importlib.util.find_spec("vaderSentiment") is None:
+        raise MissingPackageError("vaderSentiment", "the VADER gold reward", no_deps=False)
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def vader_score(prompts: list[str], responses: list[str]) -> list[float]:
+    """VADER compound score of prompt + " " + response for each pair; (N,) floats in [-1, 1]."""
+    analyzer = _vader_analyzer()
+    return [analyzer.polarity_scores(f"{p} {r}")["compound"] for p, r in zip(prompts, responses, strict=True)]
+
+
+def scorer_source(spec: str) -> str:
+    """What kind of labeler a spec is, for provenance: "rm" for a reward model, "gold" for a function."""
+    return "rm" if spec.startswith("rm:") else "gold"
+
+
+def make_scorer(spec: str) -> Scorer:
+    """The scorer named by `spec` (see the module docstring); RlhfkitError if it cannot be built."""
+    if spec == "vader":
+        _vader_analyzer()  # fail now, not after sampling, if the package is missing
+        return vader_score
+    if spec.startswith("rm:"):
+        return _reward_model_scorer(spec[3:])
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise RlhfkitError(f"unknown judge '{spec}': expected 'vader', 'module:function' or 'rm:PATH'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise RlhfkitError(f"judge '{spec}': cannot import module '{module_name}' ({err})") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise RlhfkitError(f"judge '{spec}': module '{module_name}' has no function '{func_name}'")
+    return func
+
+
+def _reward_model_scorer(path: str) -> Scorer:
+    try:
+        from rlhfkit.reward import load_reward_scorer
+    except ImportError as err:
+        raise RlhfkitError(f"judge 'rm:{path}' needs rlhfkit.reward.load_reward_scorer, not available ({err})") from None
+    return load_reward_scorer(path)
+
+
+def checked_scores(scorer: Scorer, prompts: list[str], responses: list[str], spec: str) -> list[float]:
+    """Call the scorer and insist on N finite numbers: a user's function gets a clear error, not a crash later."""
+    scores = [float(s) for s in scorer(prompts, responses)]
+    if len(scores) != len(responses):
+        raise RlhfkitError(f"judge '{spec}' returned {len(scores)} scores for {len(responses)} responses")
+    if not all(math.isfinite(s) for s in scores):
+        raise RlhfkitError(f"judge '{spec}' returned a non-finite score")
+    return scores
