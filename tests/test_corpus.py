@@ -112,7 +112,9 @@ def test_chitchat_preference_pairs_by_hand():
     label = records[0]["label"]
     assert label["source"] == "human" and label["dataset"] == "chitchat-dataset"
     assert label["mean_ratings"][0] - label["mean_ratings"][1] >= 2.0
-    with_default, _ = corpus.chitchat_preference_pairs(conversations, skip_default_ratings=False, max_pairs_per_prompt=None)
+    with_default, _ = corpus.chitchat_preference_pairs(
+        conversations, skip_default_ratings=False, max_pairs_per_prompt=None
+    )
     assert ("yo", "what") in {(r["chosen"], r["rejected"]) for r in with_default}
     capped, counts = corpus.chitchat_preference_pairs(conversations, max_pairs_per_prompt=1)
     assert len(capped) == 1 and counts["over_cap_dropped"] == 1
@@ -121,7 +123,8 @@ def test_chitchat_preference_pairs_by_hand():
 def test_conversation_records():
     assert corpus.conversation_text(["hi", "hello", "bye"]) == "A: hi\nB: hello\nA: bye"
     assert corpus.conversation_sft_record(["hi"]) is None
-    assert [m["role"] for m in corpus.conversation_sft_record(["a", "b", "c"])["messages"]] == ["user", "assistant", "user"]
+    roles = [m["role"] for m in corpus.conversation_sft_record(["a", "b", "c"])["messages"]]
+    assert roles == ["user", "assistant", "user"]
 
 
 def test_read_chitchat_caps_and_joins_message_lines():

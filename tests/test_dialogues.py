@@ -84,6 +84,7 @@ def test_cli_on_txt_and_corpus_jsonl(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == {"texts": 1, "dialogues": 2, "turns": 14}
 
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": t}) for t in (_turns("ABABAB"), "no dialogue here")), encoding="utf-8")
+    texts = (_turns("ABABAB"), "no dialogue here")
+    corpus.write_text("\n".join(json.dumps({"text": t}) for t in texts), encoding="utf-8")
     assert dialogues.main(["--input", str(corpus), "--out", str(out)]) == 0
     assert len(read_records(out, "sft")) == 1

@@ -189,7 +189,7 @@ def build_corpus(
     rows, duplicates = dedupe(snippets)
     train, heldout = split_reviews(rows, seed, heldout_fraction)
     conversations = read_chitchat(max_conversations=max_chitchat_conversations)
-    conv_texts, conv_duplicates = dedupe([{"text": conversation_text(c["messages"])} for c in conversations if c["messages"]])
+    conv_texts, conv_duplicates = dedupe([{"text": conversation_text(c["messages"])} for c in conversations])
     conv_train, conv_eval = split_reviews(conv_texts, seed, heldout_fraction)
 
     sft = [
@@ -206,7 +206,7 @@ def build_corpus(
         "empty_or_duplicate_dropped": duplicates,
         **{category: sum(r["category"] == category for r in rows) for category in ("fresh", "rotten", "plot")},
         "chitchat_conversations": len(conv_texts),
-        "chitchat_duplicate_dropped": conv_duplicates,
+        "chitchat_empty_or_duplicate_dropped": conv_duplicates,
         "pretrain_train": write_jsonl(out / "pretrain_train.jsonl", ({"text": r["text"]} for r in train + conv_train)),
         "pretrain_eval": write_jsonl(out / "pretrain_eval.jsonl", ({"text": r["text"]} for r in heldout + conv_eval)),
         "sft_train": write_jsonl(out / "sft_train.jsonl", sft),

@@ -68,7 +68,8 @@ def _reward_model_scorer(path: str) -> Scorer:
     try:
         from rlhfkit.reward import load_reward_scorer
     except ImportError as err:
-        raise RlhfkitError(f"judge 'rm:{path}' needs rlhfkit.reward.load_reward_scorer, not available ({err})") from None
+        message = f"judge 'rm:{path}' needs rlhfkit.reward.load_reward_scorer, which is not available ({err})"
+        raise RlhfkitError(message) from None
     return load_reward_scorer(path)
 
 
