@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny tokenizer and tiny random models, built once per session (seconds, offline)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+WORDS = ("the movie was great terrible fun boring acting plot film i loved hated it a story good bad "
+         "wonderful awful best worst").split()
+
+
+def toy_texts(n: int = 200, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from rlhfkit.models import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(toy_texts(300), vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_arch():
+    from rlhfkit.config import TinyArch
+
+    return TinyArch(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=128)
+
+
+@pytest.fixture
+def tiny_model(tiny_tokenizer, tiny_arch):
+    from rlhfkit.models import build_tiny
+
+    return build_tiny(tiny_tokenizer, tiny_arch, seed=0)
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory):
+    """A {"text"} corpus JSONL of toy review-like sentences."""
+    from rlhfkit.data import write_jsonl
+
+    path = tmp_path_factory.mktemp("toy") / "corpus.jsonl"
+    write_jsonl(path, [{"text": t} for t in toy_texts(400)])
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_sft(tmp_path_factory):
+    from rlhfkit.data import write_jsonl
+
+    texts = toy_texts(200, seed=1)
+    path = tmp_path_factory.mktemp("toy") / "sft.jsonl"
+    write_jsonl(path, [{"prompt": " ".join(t.split()[:3]), "response": " " + " ".join(t.split()[3:])} for t in texts])
+    return path
