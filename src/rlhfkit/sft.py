@@ -91,9 +91,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     from rlhfkit.loop import fit, make_accelerator
     from rlhfkit.models import load_causal_lm, load_tokenizer, save_model, train_bpe_tokenizer
 
+    train_recs, eval_recs = load_train_eval(cfg.data, "corpus", cfg.train.seed)  # bad data fails before any work
     accelerator = make_accelerator(cfg.train)
     run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)
-    train_recs, eval_recs = load_train_eval(cfg.data, "corpus", cfg.train.seed)
     texts = [r["text"] for r in train_recs]
     if cfg.model.tokenizer:
         tokenizer = load_tokenizer(cfg.model.tokenizer)
@@ -121,11 +121,11 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     from rlhfkit.loop import fit, make_accelerator
     from rlhfkit.models import apply_lora, load_causal_lm, save_model
 
+    train_recs, eval_recs = load_train_eval(cfg.data, "sft", cfg.train.seed)  # bad data fails before any work
     accelerator = make_accelerator(cfg.train)
     run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)
     model, tokenizer = load_causal_lm(cfg.model, seed=cfg.train.seed)
     model = apply_lora(model, cfg.lora)
-    train_recs, eval_recs = load_train_eval(cfg.data, "sft", cfg.train.seed)
     train, stats = encode_sft_records(tokenizer, train_recs, cfg.data)
     held, _ = encode_sft_records(tokenizer, eval_recs, cfg.data)
     say(f"sft: {len(train)} training examples ({stats.summary()}), {len(held)} held out")
