@@ -72,17 +72,26 @@ def pg_server():
 
 
 def _fresh_pg_database(base_url: str):
-    """A new empty database on the server for one test; dropped afterwards."""
+    """A new empty database on the server for one test, dropped afterwards. Where the account may not create
+    databases (a given RLHFKIT_TEST_PG_URL), the given database is used with the app's tables dropped first."""
     import psycopg
+    from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
-    from rlhfkit.labeling.webapp.db import normalize_url
+    from rlhfkit.labeling.webapp.db import Base, normalize_url
 
     url = make_url(normalize_url(base_url))
     name = f"rlhfkit_{uuid.uuid4().hex[:12]}"
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.errors.InsufficientPrivilege:
+        engine = create_engine(url)
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+        yield url.render_as_string(hide_password=False)
+        return
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
@@ -107,7 +116,8 @@ def db_url(request, tmp_path):
 def candidates(tmp_path) -> Path:
     """Three items: the first with hostile model text (script, HTML, markdown), K = 3, 2 and 4."""
     rows = [
-        {"prompt": "Describe <b>this</b> film", "responses": [SCRIPT, "<img src=x onerror=alert(1)>", "**bold** [x](javascript:alert(1))"], "policy": "p"},
+        {"prompt": "Describe <b>this</b> film", "policy": "p",
+         "responses": [SCRIPT, "<img src=x onerror=alert(1)>", "**bold** [x](javascript:alert(1))"]},
         {"prompt": "Second prompt", "responses": ["yes", "no"], "policy": "p"},
         {"prompt": "Third prompt", "responses": ["a", "b", "c", "d"], "policy": "q"},
     ]

@@ -226,7 +226,8 @@ def test_export_is_complete_deterministic_and_readable_by_the_trainers(env, tmp_
     first = rankings[0]["label"]
     assert first["source"] == "human" and first["labeler"] in ("ann", "ben") and first["time"].endswith("Z")
     assert set(first) >= {"labeler", "time", "likert", "flags", "item_id", "policy"}
-    ann_item0 = next(r for r in rankings if r["label"]["labeler"] == "ann" and r["prompt"].startswith("Describe"))
+    ann_item0 = next(r for r in rankings
+                     if r["label"]["labeler"] == "ann" and r["prompt"].startswith("Describe"))
     assert ann_item0["ranking"] == [0, 1, 2] and ann_item0["label"]["flags"] == [["harmful"], [], []]
     admin, _ = env.client(None)
     assert admin.get("/admin/export?format=preferences").content == out["preferences", 1]

@@ -1,7 +1,8 @@
 """What a labeler does: get the next item, submit (or skip) a label, see their progress.
 
 An item is offered to a labeler until it holds `labels_per_item` labels from different labelers; skips do not
-count towards that. Labels are checked completely before anything is written.
+count towards that. A label for an item that filled up while its labeler was still working on it is stored all
+the same: nothing a person did is thrown away. Labels are checked completely before anything is written.
 """
 
 from __future__ import annotations
