@@ -1,0 +1,119 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit.config import OptimConfig, TrainConfig
+from rlhfkit.data import Encoded, collate
+from rlhfkit.errors import TrainingDiverged
+from rlhfkit.loop import checkpoint_dirs, fit, lr_lambda, step_indices
+from rlhfkit.sft import lm_objective
+from rlhfkit.tracking import Run, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
+
+
+def examples_for(tok, n=48):
+    texts = [f"the movie {i} was {'great' if i % 3 else 'awful'} fun" for i in range(n)]
+    return [Encoded(ids, [1] * len(ids)) for ids in (tok(t)["input_ids"] for t in texts)]
+
+
+def test_schedule_warmup_then_cosine_to_min():
+    f = lr_lambda(OptimConfig(warmup_steps=4, min_lr_ratio=0.1), total_steps=14)
+    assert [round(f(s), 4) for s in range(4)] == [0.2, 0.4, 0.6, 0.8]
+    assert f(4) == 1.0 and math.isclose(f(9), 0.55) and math.isclose(f(14), 0.1)
+
+
+def test_data_order_is_a_function_of_seed_and_step_and_ranks_split_the_global_batch():
+    cfg = TrainConfig(batch_size=2, grad_accum=2, seed=3)
+    one = step_indices(cfg, 20, 7, processes=1, rank=0)
+    assert one == step_indices(cfg, 20, 7, processes=1, rank=0)
+    cfg2 = TrainConfig(batch_size=2, grad_accum=1, seed=3)
+    two = step_indices(cfg2, 20, 7, processes=2, rank=0) + step_indices(cfg2, 20, 7, processes=2, rank=1)
+    assert [i for mb in one for i in mb] == [i for mb in two for i in mb]
+    epoch = [i for s in range(5) for mb in step_indices(cfg, 20, s, 1, 0) for i in mb]
+    assert sorted(epoch) == list(range(20))  # one epoch visits every example once
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path, tiny_tokenizer, tiny_model):
+    cfg = TrainConfig(batch_size=4, max_steps=20, save_every=5, progress=False)
+    calls = []
+
+    def objective(model, batch):
+        loss, metrics = lm_objective(model, batch)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 8 else loss), metrics
+
+    run = Run(tmp_path / "run", cfg)
+    with pytest.raises(TrainingDiverged) as err:
+        fit(objective, tiny_model, examples_for(tiny_tokenizer), lambda ex: collate(ex, 2), cfg, OptimConfig(), run)
+    assert "non-finite loss at optimizer step 8" in str(err.value)
+    assert "step-0000005" in str(err.value)
+    assert [d.name for d in checkpoint_dirs(tmp_path / "run")] == ["step-0000005"]
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert all(r["step"] <= 5 for r in read_metrics(tmp_path / "run"))
+
+
+def pretrain_cmd(out, steps=400):
+    return [str(BIN / "rlhfkit"), "pretrain", "--data.train", str(out.parent / "corpus.jsonl"), "--out", str(out),
+            "--vocab-size", "300", "--model.tiny.hidden-size", "48", "--model.tiny.num-layers", "2",
+            "--model.tiny.intermediate-size", "96", "--data.max-length", "32", "--train.batch-size", "8",
+            "--train.max-steps", str(steps), "--train.save-every", "10", "--train.eval-every", "1000",
+            "--train.threads", "1", "--train.progress", "False", "--train.keep-checkpoints", "3"]
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, toy_corpus):
+    (tmp_path / "corpus.jsonl").write_bytes(Path(toy_corpus).read_bytes())
+    steps = 400
+    subprocess.run(pretrain_cmd(tmp_path / "a", steps), check=True, env=ENV, capture_output=True)
+    proc = subprocess.Popen(pretrain_cmd(tmp_path / "b", steps), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint_dirs(tmp_path / "b") and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint_dirs(tmp_path / "b")[-1].name
+    assert not (tmp_path / "b" / "model").exists(), "the run finished before it could be killed"
+    subprocess.run(pretrain_cmd(tmp_path / "b", steps) + ["--train.resume", "True"], check=True, env=ENV,
+                   capture_output=True)
+    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-6, f"resumed from {killed_at}: max weight difference {worst}"
+    steps_logged = [r["step"] for r in read_metrics(tmp_path / "b") if "train/loss" in r]
+    assert steps_logged == sorted(set(steps_logged))  # no duplicated rows after the resume
+
+
+def test_two_process_accelerate_matches_one_process_at_same_global_batch(tmp_path):
+    script = ROOT / "tests" / "scripts" / "fit_toy.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "2", "6"], check=True, env=ENV,
+                   capture_output=True)
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(script),
+              str(tmp_path / "two"), "1", "6"]
+    res = subprocess.run(launch, env=dict(ENV, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "rank-0.json").read_text())
+    r0 = json.loads((tmp_path / "two" / "rank-0.json").read_text())
+    r1 = json.loads((tmp_path / "two" / "rank-1.json").read_text())
+    assert r0["processes"] == 2 and r1["processes"] == 2  # really two processes (not a silent single one)
+    assert r0["param_sum"] == r1["param_sum"] and r0["param_abs_sum"] == r1["param_abs_sum"]  # ranks in sync
+    # global batch 8 either way: 1 process x 2 micro-batches of 4 == 2 processes x 1 micro-batch of 4
+    one_steps = [sum(one["losses"][i : i + 2]) / 2 for i in range(0, len(one["losses"]), 2)]
+    two_steps = [(x + y) / 2 for x, y in zip(r0["losses"], r1["losses"])]
+    assert len(one_steps) == len(two_steps) == 6
+    for x, y in zip(one_steps, two_steps):
+        assert abs(x - y) < 1e-4, (one_steps, two_steps)
+    assert abs(one["param_abs_sum"] - r0["param_abs_sum"]) / one["param_abs_sum"] < 1e-5
