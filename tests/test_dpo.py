@@ -1,0 +1,247 @@
+"""DPO stage: the objective at initialisation, the shared-first-token trap, LoRA reference, reference cache,
+learning on a synthetic preference task, every --loss through the CLI, online rounds, beta for a KL budget.
+
+Tiny random Llama models (d=32, 2 layers) on a 300-token BPE; each test takes a few seconds on one core.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from rlhfkit import cli, ops
+from rlhfkit.config import DataConfig, LoRAConfig, ModelConfig, TinyArch
+from rlhfkit.data import write_jsonl
+from rlhfkit.dpo import (
+    PAIR_LOSSES,
+    DPOConfig,
+    Reference,
+    attach_ref_logps,
+    beta_for_kl_main,
+    collate_pairs,
+    encode_pairs,
+    preference_objective,
+    response_token_logps,
+)
+from rlhfkit.models import apply_lora, build_tiny, load_causal_lm, save_model, train_bpe_tokenizer
+
+ARCH = TinyArch(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
+SUBJECTS = ["the film", "this movie", "the plot", "the cast", "the ending", "the music", "the story", "the acting"]
+
+
+def good_bad_records(n: int, seed: int = 0) -> list[dict]:
+    """Preferred responses say 'good', rejected ones 'bad' (a task a tiny model learns in a few steps)."""
+    rng = random.Random(seed)
+    recs = []
+    for i in range(n):
+        subject = SUBJECTS[i % len(SUBJECTS)]
+        filler = rng.choice(["very", "really", "quite", "so"])
+        recs.append({"prompt": f"{subject} was", "chosen": f" {filler} good", "rejected": f" {filler} bad"})
+    return recs
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = [f"{s} was {f} {w}" for s in SUBJECTS for f in ["very", "really", "quite", "so"] for w in ["good", "bad"]]
+    return train_bpe_tokenizer(texts * 5, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tok, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    save_model(build_tiny(tok, ARCH, seed=0), tok, path)
+    return path
+
+
+def _pairs(tok, n=8, seed=0):
+    pairs, dropped = encode_pairs(tok, good_bad_records(n, seed), DataConfig(max_length=32, max_prompt_length=16))
+    assert dropped == 0
+    return pairs
+
+
+def test_objective_at_initialisation_is_log2_with_zero_rewards(tok):
+    model = build_tiny(tok, ARCH, seed=1)
+    pairs = _pairs(tok)
+    reference = Reference(model)  # before training the policy is its own reference
+    attach_ref_logps(pairs, reference, tok.pad_token_id, batch_size=3, device="cpu", cache_path=None)
+    objective = preference_objective(PAIR_LOSSES["dpo"](DPOConfig(beta=0.5)), reference, beta=0.5)
+    model.train()
+    loss, metrics = objective(model, collate_pairs(pairs, tok.pad_token_id))
+    assert float(loss.detach()) == pytest.approx(math.log(2), abs=1e-5)
+    assert metrics["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["rewards/rejected"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["rewards/margin"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["logps/chosen"] < 0 and metrics["logps/rejected"] < 0
+
+
+class KeepLogits(torch.nn.Module):
+    """Wraps a model so the logits of the last forward pass keep their gradient."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.logits = None
+
+    def forward(self, **kwargs):
+        out = self.model(**kwargs)
+        out.logits.retain_grad()
+        self.logits = out.logits
+        return out
+
+
+def test_shared_first_token_gets_zero_gradient(tok):
+    model = build_tiny(tok, ARCH, seed=2).eval()
+    data = DataConfig(max_length=32, max_prompt_length=16)
+    pairs, _ = encode_pairs(tok, [{"prompt": "the film was", "chosen": " very good", "rejected": " very bad"}], data)
+    c, r = pairs[0].chosen, pairs[0].rejected
+    s = c.prompt_length  # first response column; same prompt on both sides
+    assert c.input_ids[s] == r.input_ids[s] and c.input_ids[s + 1] != r.input_ids[s + 1]
+    # a reference that differs from the policy, so the loss is not at its symmetric point
+    pairs[0].ref_logps = (-3.0, -1.0)
+    wrapped = KeepLogits(model)
+    objective = preference_objective(PAIR_LOSSES["dpo"](DPOConfig()), Reference(model), beta=0.1)
+    batch = collate_pairs(pairs, tok.pad_token_id)
+    loss, _ = objective(wrapped, batch)
+    loss.backward()
+    grad = wrapped.logits.grad  # (2, K, V); kept column j is position s-1+j (first kept = predicts token s)
+    # Both rows compute the same function of the weights at the shared position, so only the sum matters.
+    shared = grad[0, 0] + grad[1, 0]  # (V,): logits that predict the shared first response token
+    differing = grad[0, 1] + grad[1, 1]  # (V,): logits that predict the first differing token
+    assert grad[0, 0].abs().max() > 1e-4  # each row alone does receive a gradient...
+    assert shared.abs().max() <= 1e-9  # ...but they cancel exactly
+    assert differing.abs().max() > 1e-4
+
+
+def test_lora_reference_is_the_base_model_before_and_after_a_step(tok):
+    base = build_tiny(tok, ARCH, seed=3).eval()
+    policy = apply_lora(copy.deepcopy(base), LoRAConfig(r=8, target_modules=("q_proj", "v_proj")))
+    reference = Reference(policy)
+    batch = collate_pairs(_pairs(tok, 4), tok.pad_token_id)
+
+    def base_logps():
+        with torch.no_grad():
+            t, m = response_token_logps(base, batch)
+            return ops.masked_sum(t, m, dim=-1)
+
+    assert torch.allclose(reference.sequence_logps(batch), base_logps(), atol=1e-6)
+    objective = preference_objective(PAIR_LOSSES["dpo"](DPOConfig()), reference, beta=0.1)
+    opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1.0)
+    for _ in range(2):  # LoRA's B starts at 0: the first step moves B, the second makes the adapter matter
+        loss, _ = objective(policy, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        t, m = response_token_logps(policy, batch)
+        policy_logps = ops.masked_sum(t, m, dim=-1)
+    assert not torch.allclose(policy_logps, base_logps(), atol=1e-4)  # the adapter changed the policy
+    assert torch.allclose(reference.sequence_logps(batch), base_logps(), atol=1e-6)
+    assert policy.training  # the reference pass put the mode back
+
+
+def _run_args(model_dir, data, out, *extra):
+    return ["dpo", "--model.name", str(model_dir), "--data.train", str(data), "--data.max-length", "32",
+            "--data.max-prompt-length", "16", "--data.eval-fraction", "0.25", "--train.batch-size", "4",
+            "--train.max-steps", "1", "--train.progress", "False", "--train.threads", "1", "--kl-prompts", "2",
+            "--kl-samples", "1", "--max-new-tokens", "4", "--out", str(out), *extra]
+
+
+def test_cached_reference_equals_per_step_and_cache_is_reused_then_invalidated(tok, model_dir, tmp_path):
+    data = tmp_path / "prefs.jsonl"
+    write_jsonl(data, good_bad_records(8))
+    out = tmp_path / "run"
+    assert cli.main(_run_args(model_dir, data, out)) == 0
+    first = json.loads((out / "summary.json").read_text())
+    assert first["ref_cache"] == "miss" and (out / "ref_logps.pt").exists()
+    cached = torch.load(out / "ref_logps.pt")["logps"]  # (N, 2), train pairs then eval pairs
+
+    # per-step reference log-probs (frozen copy of the initial model) equal the cached ones
+    model, tokenizer = load_causal_lm(ModelConfig(name=str(model_dir)))
+    pairs, _ = encode_pairs(tokenizer, good_bad_records(8), DataConfig(max_length=32, max_prompt_length=16))
+    per_step = Reference(model, frozen=copy.deepcopy(model)).sequence_logps(collate_pairs(pairs, tok.pad_token_id))
+    assert torch.allclose(torch.sort(cached.flatten()).values, torch.sort(per_step).values, atol=1e-5)
+
+    assert cli.main(_run_args(model_dir, data, out)) == 0
+    assert json.loads((out / "summary.json").read_text())["ref_cache"] == "hit"
+    changed = good_bad_records(8, seed=7)
+    changed[0]["chosen"] = " so very good"
+    write_jsonl(data, changed)
+    assert cli.main(_run_args(model_dir, data, out)) == 0
+    assert json.loads((out / "summary.json").read_text())["ref_cache"] == "miss"
+
+
+def test_tiny_dpo_learns_the_preference(tok, model_dir, tmp_path):
+    data = tmp_path / "prefs.jsonl"
+    write_jsonl(data, good_bad_records(64))
+    out = tmp_path / "run"
+    args = _run_args(model_dir, data, out, "--beta", "0.5", "--optim.lr", "3e-3", "--optim.warmup-steps", "2",
+                     "--train.max-steps", "30", "--train.eval-every", "30", "--train.batch-size", "8")
+    assert cli.main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    # At initialisation the implicit rewards are exactly 0: accuracy 0 (no strict win) and margin 0.
+    assert summary["eval"]["eval/rewards/accuracy"] >= 0.9
+    assert summary["eval"]["eval/rewards/margin"] > 0.5
+    assert summary["eval"]["eval/loss"] < math.log(2) - 0.2
+    assert summary["kl"] is not None and (out / "model" / "config.json").exists()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    names = set().union(*metrics)
+    for name in ["train/rewards/chosen", "train/rewards/rejected", "train/rewards/accuracy", "train/rewards/margin",
+                 "train/logps/chosen", "train/logps/rejected", "objective/kl"]:
+        assert name in names
+
+
+@pytest.mark.parametrize("loss", ["dpo", "ipo", "cdpo", "preferred_ft", "unlikelihood"])
+def test_each_loss_runs_one_step_through_the_cli(loss, model_dir, tmp_path):
+    data = tmp_path / "rankings.jsonl"  # rankings exercise the expansion into pairs
+    write_jsonl(data, [{"prompt": f"{s} was", "responses": [" good", " bad", " so bad"], "ranking": [0, 1, 2]}
+                       for s in SUBJECTS])
+    out = tmp_path / loss
+    extra = ["--loss", loss, "--tau", "0.2", "--alpha", "0.5", "--label-smoothing", "0.2", "--ref-mode", "per_step",
+             "--lora.r", "4"] if loss != "dpo" else ["--loss", "dpo"]
+    assert cli.main(_run_args(model_dir, data, out, *extra)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["loss"] == loss and summary["step"] == 1 and summary["pairs"] == 6 * 3
+    assert math.isfinite(summary["train"]["train/loss"])
+
+
+def count_good(prompts: list[str], responses: list[str]) -> list[float]:
+    """Judge for the online test: how often a response says 'good', with length as a tie-breaker."""
+    return [r.count("good") + 0.01 * len(r) for r in responses]
+
+
+def test_online_dpo_two_rounds_keeps_each_round(model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": f"{s} was"} for s in SUBJECTS])
+    out = tmp_path / "online"
+    args = ["dpo", "--online", "--rounds", "2", "--prompts", str(prompts), "--judge", "test_dpo:count_good",
+            "--model.name", str(model_dir), "--samples-per-prompt", "3", "--max-new-tokens", "6",
+            "--train.max-steps", "1", "--train.batch-size", "4", "--train.progress", "False",
+            "--data.eval-fraction", "0.25", "--kl-prompts", "2", "--kl-samples", "1", "--out", str(out)]
+    assert cli.main(args) == 0
+    for i in (1, 2):
+        cands = [json.loads(x) for x in (out / f"round-{i}" / "candidates.jsonl").read_text().splitlines()]
+        prefs = [json.loads(x) for x in (out / f"round-{i}" / "preferences.jsonl").read_text().splitlines()]
+        assert len(cands) == 6 and all(c["policy"] == f"round-{i}" for c in cands)
+        assert prefs and all(count_good([""], [p["chosen"]]) > count_good([""], [p["rejected"]]) for p in prefs)
+        assert (out / f"round-{i}" / "model" / "config.json").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["rounds"]) == 2 and (out / "model" / "config.json").exists()
+
+
+def test_beta_for_kl_fits_the_runs_and_predicts_beta(tmp_path, capsys):
+    runs = []
+    for beta, kl in [(0.1, 10.0), (0.5, 2.0)]:  # KL = 1 / beta: slope -1, intercept 0
+        d = tmp_path / f"b{beta}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"beta": beta, "kl": kl}))
+        runs.append(str(d))
+    assert beta_for_kl_main(["--target-kl", "4", "--runs", *runs]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["fit"]["slope"] == pytest.approx(-1.0)
+    assert result["fit"]["intercept"] == pytest.approx(0.0, abs=1e-9)
+    assert result["beta"] == pytest.approx(0.25)
