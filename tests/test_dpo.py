@@ -144,6 +144,18 @@ def test_lora_reference_is_the_base_model_before_and_after_a_step(tok):
     assert policy.training  # the reference pass put the mode back
 
 
+def test_reference_log_probs_are_taken_with_dropout_off(tok):
+    arch = TinyArch(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64, dropout=0.5)
+    policy = build_tiny(tok, arch, seed=4).train()
+    batch = collate_pairs(_pairs(tok, 4), tok.pad_token_id)
+    with torch.no_grad():
+        noisy = [ops.masked_sum(*response_token_logps(policy, batch), dim=-1) for _ in range(2)]
+    assert not torch.allclose(noisy[0], noisy[1])  # dropout is really on in training mode
+    reference = Reference(policy, frozen=copy.deepcopy(policy))
+    assert torch.equal(reference.sequence_logps(batch), reference.sequence_logps(batch))
+    assert policy.training and reference.frozen.training  # modes are put back
+
+
 def _run_args(model_dir, data, out, *extra):
     return ["dpo", "--model.name", str(model_dir), "--data.train", str(data), "--data.max-length", "32",
             "--data.max-prompt-length", "16", "--data.eval-fraction", "0.25", "--train.batch-size", "4",

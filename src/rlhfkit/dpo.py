@@ -37,7 +37,7 @@ import copy
 import hashlib
 import json
 import random
-import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,10 +391,11 @@ def train_round(s: Setup, train_pairs: list[Pair], eval_pairs: list[Pair], run: 
     from rlhfkit.loop import fit
 
     cfg, pad = s.cfg, s.tokenizer.pad_token_id
-    ref_cache = "per_step"
+    ref_cache, t0 = "per_step", time.time()
     if cfg.ref_mode == "cached":
         ref_cache = attach_ref_logps(train_pairs + eval_pairs, s.reference, pad, cfg.train.batch_size,
                                      s.accelerator.device, run.dir / "ref_logps.pt")
+    ref_seconds = time.time() - t0
     prompt_ids = kl_prompt_ids(s.tokenizer, kl_prompts, cfg.kl_prompts, cfg.train.seed)
     evaluate = None
     if prompt_ids:
@@ -407,7 +408,8 @@ def train_round(s: Setup, train_pairs: list[Pair], eval_pairs: list[Pair], run: 
             "kl": result.eval_metrics.get("objective/kl"), "train": result.last_metrics,
             "pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "ref_cache": ref_cache,
             "pairs_sharing_first_token": sum(shares_first_token(p) for p in train_pairs),
-            "pairs_per_s": pairs_seen / max(result.seconds, 1e-9), "seconds": result.seconds}
+            "pairs_per_s": pairs_seen / max(result.seconds, 1e-9), "seconds": result.seconds,
+            "ref_seconds": ref_seconds}
 
 
 def finish(s: Setup, run: Run, summary: dict[str, Any]) -> dict[str, Any]:
