@@ -117,3 +117,26 @@ def test_two_process_accelerate_matches_one_process_at_same_global_batch(tmp_pat
     for x, y in zip(one_steps, two_steps):
         assert abs(x - y) < 1e-4, (one_steps, two_steps)
     assert abs(one["param_abs_sum"] - r0["param_abs_sum"]) / one["param_abs_sum"] < 1e-5
+
+
+def test_snapshots_are_loadable_models_at_the_requested_steps(tmp_path, tiny_tokenizer, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.loop import snapshot_dirs
+
+    cfg = TrainConfig(batch_size=4, max_steps=5, snapshot_every=2, save_every=100, progress=False)
+    fit(lm_objective, tiny_model, examples_for(tiny_tokenizer), lambda ex: collate(ex, 2), cfg, OptimConfig(),
+        Run(tmp_path / "run", cfg), tokenizer=tiny_tokenizer)
+    snaps = snapshot_dirs(tmp_path / "run")
+    assert [d.name for d in snaps] == ["step-0000002", "step-0000004", "step-0000005"]
+    last = AutoModelForCausalLM.from_pretrained(snaps[-1])
+    ids = torch.tensor([[0, 5, 6]])
+    torch.testing.assert_close(last(input_ids=ids).logits, tiny_model(input_ids=ids).logits)
+
+
+def test_bare_boolean_flags_mean_true():
+    from rlhfkit.config import parse
+    from rlhfkit.sft import SFTConfig
+
+    cfg = parse(SFTConfig, ["--train.resume", "--train.progress", "False", "--out", "x"])
+    assert cfg.train.resume is True and cfg.train.progress is False and cfg.out == "x"

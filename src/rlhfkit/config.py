@@ -115,6 +115,9 @@ class TrainConfig:
     """Write a resumable checkpoint every this many optimizer steps (and at the end)."""
     keep_checkpoints: int = 2
     """How many step checkpoints to keep on disk."""
+    snapshot_every: int | None = None
+    """Also save a loadable model (save_pretrained) every this many steps to <out>/snapshots/step-N, so the
+    trajectory can be evaluated (e.g. the reward-vs-KL frontier); None: only the final model."""
     log_every: int = 10
     """Log metrics every this many optimizer steps."""
     seed: int = 0
@@ -209,7 +212,18 @@ def parse(cls: type[T], argv: list[str] | None = None, prog: str | None = None, 
             raise RlhfkitError("--config needs a YAML file path")
         base = load_yaml(cls, argv[i + 1], base)
         argv = argv[:i] + argv[i + 2 :]
-    return tyro.cli(cls, args=argv, default=base, prog=prog, config=(tyro.conf.FlagConversionOff,))
+    return tyro.cli(cls, args=_bare_flags(argv), default=base, prog=prog, config=(tyro.conf.FlagConversionOff,))
+
+
+def _bare_flags(argv: list[str]) -> list[str]:
+    """`--train.resume` alone means `--train.resume True`: a flag with no value is a boolean switched on (every
+    other option takes a value, so a valueless non-boolean still fails with tyro's message)."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg.startswith("--") and arg not in ("--help", "-h") and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            out.append("True")
+    return out
 
 
 def save(cfg: Any, path: str | Path) -> None:

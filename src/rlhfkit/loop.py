@@ -136,6 +136,24 @@ def save_checkpoint(accelerator: Any, run_dir: Path, step: int, extra: dict | No
     return final
 
 
+def save_snapshot(accelerator: Any, model: Any, tokenizer: Any, run_dir: Path, step: int) -> Path:
+    """A loadable model (save_pretrained, LoRA merged) at <run_dir>/snapshots/step-N, for trajectory evaluation."""
+    from rlhfkit.models import save_model
+
+    path = Path(run_dir) / "snapshots" / f"step-{step:07d}"
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), tokenizer, path)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def snapshot_dirs(run_dir: Path) -> list[Path]:
+    """Saved snapshots of a run, in step order."""
+    root = Path(run_dir) / "snapshots"
+    found = [d for d in root.glob("step-*") if (d / "config.json").exists()] if root.exists() else []
+    return sorted(found, key=lambda d: int(d.name.split("-")[1]))
+
+
 def load_latest_checkpoint(accelerator: Any, run_dir: Path) -> tuple[int, dict] | None:
     """Restore the newest complete checkpoint into the prepared objects; returns (step, extra) or None."""
     dirs = checkpoint_dirs(run_dir)
@@ -194,11 +212,12 @@ def fit(
     accelerator: Any = None,
     eval_examples: Sequence | None = None,
     evaluate: Callable[[Any], dict[str, float]] | None = None,
+    tokenizer: Any = None,
 ) -> FitResult:
     """Train `model` on `train` by minimising `objective`; see the module docstring for the guarantees.
 
     collate: list of examples -> a batch with `.to(device)`. evaluate: optional extra evaluation of the
-    (unwrapped) model, e.g. sampled KL, merged into the eval metrics.
+    (unwrapped) model, e.g. sampled KL, merged into the eval metrics. tokenizer: saved with snapshots.
     """
     accelerator = accelerator or make_accelerator(cfg)
     P, rank = accelerator.num_processes, accelerator.process_index
@@ -211,11 +230,11 @@ def fit(
         start = restored[0]
         run.truncate_metrics(start)
     return _train(objective, model, optimizer, scheduler, train, collate, cfg, optim, run, accelerator, start,
-                  steps, eval_examples, evaluate)
+                  steps, eval_examples, evaluate, tokenizer)
 
 
 def _train(objective, model, optimizer, scheduler, train, collate, cfg, optim, run, accelerator, start, steps,
-           eval_examples, evaluate) -> FitResult:
+           eval_examples, evaluate, tokenizer) -> FitResult:
     from tqdm.auto import tqdm
 
     P, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
@@ -254,6 +273,8 @@ def _train(objective, model, optimizer, scheduler, train, collate, cfg, optim, r
         if eval_examples is not None and (done % cfg.eval_every == 0 or done == steps):
             result.eval_metrics = _eval(objective, model, eval_examples, collate, cfg, accelerator, evaluate)
             run.log(done, result.eval_metrics)
+        if cfg.snapshot_every and (done % cfg.snapshot_every == 0 or done == steps):
+            save_snapshot(accelerator, model, tokenizer, run.dir, done)
         out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
         if done % cfg.save_every == 0 or done == steps or out_of_time:
             save_checkpoint(accelerator, run.dir, done, keep=cfg.keep_checkpoints)
