@@ -174,3 +174,72 @@ def decode_responses(tokenizer: Any, rollout: Rollout) -> list[str]:
             toks = toks[:-1]
         texts.append(tokenizer.decode(toks, skip_special_tokens=True))
     return texts
+
+
+# ---------------------------------------------------------------------------------------------- rlhfkit sample
+@dataclass(frozen=True)
+class SampleConfig:
+    """rlhfkit sample: K completions per prompt -> a candidates JSONL ({"prompt", "responses", "policy"})."""
+
+    model: str = "tiny"
+    """Policy: a model directory, a Hugging Face id, `smollm2` or `tiny` (random weights)."""
+    prompts: str = ""
+    """Prompts JSONL ({"prompt"})."""
+    out: str = "candidates.jsonl"
+    """Candidates JSONL to write."""
+    num_samples: int = 4
+    """Responses written per prompt."""
+    max_new_tokens: int = 32
+    """Longest response in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature (0: greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1: off)."""
+    min_new_tokens: int = 1
+    """Forbid EOS before this many tokens (candidates files hold non-empty responses)."""
+    seed: int = 0
+    """Sampling seed (same seed and batch size -> same responses)."""
+    best_of: int = 1
+    """Each written response is the best of this many samples under --reward (1: plain sampling)."""
+    reward: str | None = None
+    """Scorer for --best-of: `rm:PATH`, `vader` or `module:function`."""
+    batch_size: int = 64
+    """Sequences per generation forward pass."""
+    max_prompt_length: int = 64
+    """Longest prompt in tokens; longer prompts keep their end."""
+
+
+def sample_main(argv: list[str]) -> int:
+    from rlhfkit import config as config_lib
+    from rlhfkit.bestofn import best_of_n
+    from rlhfkit.config import ModelConfig
+    from rlhfkit.data import read_records, write_jsonl
+    from rlhfkit.errors import RlhfkitError
+    from rlhfkit.labeling.gold import make_scorer
+    from rlhfkit.models import load_causal_lm
+    from rlhfkit.tracking import say
+
+    cfg = config_lib.parse(SampleConfig, argv, prog="rlhfkit sample")
+    if not cfg.prompts:
+        raise RlhfkitError("--prompts is required (a JSONL file of {\"prompt\": ...} records)")
+    if cfg.best_of > 1 and not cfg.reward:
+        raise RlhfkitError("--best-of needs --reward (rm:PATH, vader or module:function) to pick the best")
+    scorer = make_scorer(cfg.reward) if cfg.best_of > 1 else (lambda p, r: [0.0] * len(r))
+    prompts = [r["prompt"] for r in read_records(cfg.prompts, "prompts")]
+    model, tokenizer = load_causal_lm(ModelConfig(name=cfg.model), seed=cfg.seed)
+    # K written responses per prompt = K rows of the prompt, each the best of `best_of` samples
+    rows = [p for p in prompts for _ in range(cfg.num_samples)]
+    picked = best_of_n(model, tokenizer, rows, scorer, cfg.best_of, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                       cfg.min_new_tokens, cfg.seed, cfg.batch_size, cfg.max_prompt_length, cfg.reward or "none")
+    policy = cfg.model if cfg.best_of == 1 else f"{cfg.model} best-of-{cfg.best_of} by {cfg.reward}"
+    records, blank = [], 0
+    for i, prompt in enumerate(prompts):
+        responses = [b.response for b in picked[i * cfg.num_samples: (i + 1) * cfg.num_samples]]
+        kept = [r for r in responses if r.strip()]  # a candidates file holds non-empty responses only
+        blank += len(responses) - len(kept)
+        if kept:
+            records.append({"prompt": prompt, "responses": kept, "policy": policy})
+    n = write_jsonl(cfg.out, records)
+    say(f"sample: {n} prompts x {cfg.num_samples} responses written to {cfg.out}"
+        + (f" ({blank} blank responses dropped)" if blank else ""))
+    return 0

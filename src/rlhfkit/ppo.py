@@ -507,7 +507,7 @@ def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
         start, extra = restored
         tr.controller.load_state_dict(extra["kl"])
         first = extra.get("first")
-        run.truncate_metrics(start)
+    run.truncate_metrics(start)  # a fresh run in an old directory starts a fresh log; a resumed one re-logs
     say(f"ppo: {len(tr.prompts)} prompts, {cfg.advantage} advantages, {steps} steps of "
         f"{cfg.train.batch_size} x {cfg.group_size} completions, reward {cfg.reward}")
     t0, status, metrics, done = time.time(), "done", {}, start
