@@ -1,0 +1,322 @@
+"""Shared harness for the benchmarks in bench/: isolated sides, a shared tiny model, timing, load, output.
+
+How a benchmark uses it (see bench_sft.py):
+
+    SIDES = {"rlhfkit": run_rlhfkit, "trl": run_trl}      # side(params: dict) -> dict of figures
+    if __name__ == "__main__":
+        if not common.child_main(SIDES):                  # this process is a child: run one side, exit
+            main()                                        # parent: model, data, interleaved repeats, table
+
+- Each side runs in its own subprocess (`run_side`), so its peak RSS (`ru_maxrss` of the child) and CUDA peak
+  are that side's alone. The child also reports its RSS just before training (`mark_train_start`), so the
+  training increment can be told apart from import overhead (TRL imports far more than rlhfkit).
+- Both sides get the same thread count: OMP/MKL env + `torch.set_num_threads` in the child.
+- `interleave` repeats the sides A B A B ... and records the 1-minute load average before each run; compare
+  medians, never single runs (quiet repeats differ 15-20% on a shared 2-core machine).
+- `StepClock` times optimizer steps start-to-start (data, forward, backward, clip, optimizer all included)
+  and gives the median tokens/s over the steps after warmup.
+- `tiny_model_dir` saves the tiny preset (BPE trained offline on the embedded corpus, or toy text) once per
+  bench run, so both sides load identical weights from one folder.
+- `roofline` measures fp32 torch.mm GFLOP/s in a child with the same threads; `model_flops_fraction` turns
+  tokens/s into a fraction of it (6 x non-embedding params per token for forward + backward).
+- `write_result` writes bench/results/<name>.json (gitignored); `print_table` prints rows as text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+Side = Callable[[dict], dict]
+
+
+class BenchError(RuntimeError):
+    """A side failed; the message carries the tail of its stderr."""
+
+
+# ------------------------------------------------------------------------------------------ machine and load
+def load_average() -> dict[str, float]:
+    """1/5/15-minute load averages: how busy the (shared) CPU was around a figure."""
+    one, five, fifteen = os.getloadavg()
+    return {"load1": round(one, 2), "load5": round(five, 2), "load15": round(fifteen, 2)}
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, core count and library versions, written with every result."""
+    import torch
+
+    info: dict[str, Any] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0)
+                            if torch.cuda.is_available() else None}
+    for pkg in ("transformers", "accelerate", "trl"):
+        try:
+            info[pkg] = __import__(pkg).__version__
+        except ImportError:
+            info[pkg] = None
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def child_env(threads: int) -> dict[str, str]:
+    """Environment of a side: fixed thread count, passive OpenMP waits (CI_NOTES), strictly offline."""
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE",
+                "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                "PYTHONWARNINGS": "ignore"})
+    return env
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def rss_mb() -> float:
+    """Current resident set size of this process, MiB."""
+    import psutil  # a dependency of accelerate
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mb() -> float:
+    """High-water RSS of this process (ru_maxrss is KiB on Linux, bytes on macOS), MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+_TRAIN_START: dict[str, float] = {}
+
+
+def mark_train_start() -> None:
+    """Call in a side right before its training loop: records RSS there (and resets the CUDA peak)."""
+    import torch
+
+    _TRAIN_START["rss_mb"] = rss_mb()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+# ----------------------------------------------------------------------------------------------- timing
+class StepClock:
+    """Start-to-start wall time of optimizer steps and the tokens each step processed.
+
+    Call `tick(tokens)` at the start of every step (with that step's token count). Step k's duration is
+    t[k+1] - t[k], so it includes everything the loop does between steps; the last tick has no duration.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.tokens: list[int] = []
+
+    def tick(self, tokens: int) -> None:
+        self.times.append(time.perf_counter())
+        self.tokens.append(int(tokens))
+
+    def steady(self, warmup: int) -> dict[str, float]:
+        """Median tokens/s and step time over steps >= warmup; also the pooled rate over the same steps."""
+        durations = [b - a for a, b in zip(self.times, self.times[1:])][warmup:]
+        tokens = self.tokens[warmup : warmup + len(durations)]
+        if not durations:
+            raise BenchError(f"no steady steps: {len(self.times)} steps timed, warmup {warmup}")
+        rates = [n / d for n, d in zip(tokens, durations)]
+        return {"tokens_per_s": statistics.median(rates), "step_s": statistics.median(durations),
+                "tokens_per_s_pooled": sum(tokens) / sum(durations), "steady_steps": len(durations),
+                "tokens_per_step": statistics.mean(tokens)}
+
+
+# ------------------------------------------------------------------------------------------- subprocesses
+def run_side(script: str | Path, side: str, params: dict, threads: int, timeout: float = 1800) -> dict:
+    """Run `side` of `script` in a fresh Python process; returns its figures plus memory, threads and load."""
+    with tempfile.TemporaryDirectory(prefix="rlhfkit-bench-") as tmp:
+        params_path, result_path = Path(tmp) / "params.json", Path(tmp) / "result.json"
+        params_path.write_text(json.dumps({**params, "threads": threads}))
+        before = load_average()
+        cmd = [sys.executable, str(script), "--child", side, "--params", str(params_path), "--result",
+               str(result_path)]
+        proc = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0 or not result_path.exists():
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
+            raise BenchError(f"{Path(script).name} side {side!r} failed (exit {proc.returncode}):\n{tail}")
+        result = json.loads(result_path.read_text())
+    return {"side": side, **result, "load1_before": before["load1"]}
+
+
+def child_main(sides: dict[str, Side], argv: Sequence[str] | None = None) -> bool:
+    """If this process was started by `run_side`, run the named side, write its result and return True."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--child" not in argv:
+        return False
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", required=True, choices=sorted(sides))
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--result", required=True)
+    args = parser.parse_args(argv)
+    params = json.loads(Path(args.params).read_text())
+    import torch
+
+    torch.set_num_threads(int(params["threads"]))
+    figures = sides[args.child](params)
+    peak = peak_rss_mb()
+    figures.update({"threads": torch.get_num_threads(), "peak_rss_mb": round(peak, 1), **load_average()})
+    if "rss_mb" in _TRAIN_START:
+        figures["rss_at_train_start_mb"] = round(_TRAIN_START["rss_mb"], 1)
+        figures["train_rss_increase_mb"] = round(peak - _TRAIN_START["rss_mb"], 1)
+    if torch.cuda.is_available():
+        figures["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    Path(args.result).write_text(json.dumps(figures))
+    return True
+
+
+def interleave(script: str | Path, sides: Sequence[str], params: dict, repeats: int, threads: int,
+               log: Callable[[str], None] | None = None) -> dict[str, list[dict]]:
+    """Run the sides A B A B ... `repeats` times each; returns every run's figures per side."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    runs: dict[str, list[dict]] = {s: [] for s in sides}
+    for r in range(repeats):
+        for side in sides:
+            result = run_side(script, side, params, threads)
+            runs[side].append(result)
+            log(f"  repeat {r + 1}/{repeats} {side}: {result.get('tokens_per_s', float('nan')):.0f} tokens/s, "
+                f"peak RSS {result['peak_rss_mb']:.0f} MiB, load {result['load1_before']:.2f}")
+    return runs
+
+
+def median_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(runs: list[dict], keys: Sequence[str]) -> dict[str, Any]:
+    """Median of each key over repeats, the spread of tokens/s, and the load range the repeats saw."""
+    out: dict[str, Any] = {k: median_of(runs, k) for k in keys}
+    rates = [r["tokens_per_s"] for r in runs if "tokens_per_s" in r]
+    if rates:
+        out["tokens_per_s_min"], out["tokens_per_s_max"] = min(rates), max(rates)
+    loads = [r["load1_before"] for r in runs]
+    out["load1_range"] = [min(loads), max(loads)]
+    out["repeats"] = len(runs)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- model and data
+TOY_WORDS = ("the film is a warm funny and sharp story about a family that learns to laugh again while the "
+             "plot drags and the acting feels flat but the music lifts every scene").split()
+
+
+def toy_texts(n: int, seed: int = 0) -> list[str]:
+    """Deterministic review-like sentences (the offline fallback when the embedded corpus is missing)."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(TOY_WORDS) for _ in range(rng.randint(8, 30))) + "." for _ in range(n)]
+
+
+def corpus_texts(max_texts: int | None = None) -> tuple[list[str], str]:
+    """Rotten Tomatoes snippets (deduplicated) from the embedded corpus, or toy text; returns (texts, source)."""
+    try:
+        from rlhfkit.corpus import dedupe, read_rotten_tomatoes
+
+        rows, _ = dedupe(read_rotten_tomatoes())
+        return [r["text"] for r in rows][:max_texts], "rotten_tomatoes"
+    except Exception as err:  # the data package is optional; say what was used instead
+        print(f"embedded corpus unavailable ({err}); using toy text", file=sys.stderr)
+        return toy_texts(max_texts or 4000), "toy"
+
+
+def tiny_model_dir(out_dir: str | Path, texts: list[str], vocab_size: int = 4096, seed: int = 0,
+                   max_length: int = 128) -> Path:
+    """Save rlhfkit's `tiny` preset (random init, seeded) with a BPE trained on `texts` to out_dir/model."""
+    from rlhfkit.config import TinyArch
+    from rlhfkit.models import build_tiny, save_model, train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(texts, vocab_size, model_max_length=max_length)
+    model = build_tiny(tokenizer, TinyArch(), seed)
+    return save_model(model, tokenizer, Path(out_dir) / "model")
+
+
+def non_embedding_params(model: Any) -> int:
+    """Parameters outside the token embedding and LM head (tied or not): the N of 6N FLOPs per token."""
+    skip = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def model_flops_fraction(tokens_per_s: float, n_params: int, roofline_gflops: float, factor: int = 6) -> float:
+    """Achieved share of the matmul roofline: factor * N * tokens/s (6N = forward 2N + backward 4N)."""
+    return factor * n_params * tokens_per_s / (roofline_gflops * 1e9)
+
+
+# ----------------------------------------------------------------------------------------------- roofline
+def _roofline_side(params: dict) -> dict:
+    """fp32 torch.mm GFLOP/s: median of timed (n x n) @ (n x n) products after a warmup."""
+    import torch
+
+    n, reps = int(params.get("n", 1024)), int(params.get("reps", 20))
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        torch.mm(a, b)
+    rates = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return {"gflops": statistics.median(rates), "gflops_max": max(rates), "n": n}
+
+
+def roofline(threads: int, n: int = 1024, reps: int = 20) -> dict:
+    """The matmul roofline measured in a fresh child with `threads` threads (same env as the sides)."""
+    return run_side(Path(__file__), "roofline", {"n": n, "reps": reps}, threads)
+
+
+# ------------------------------------------------------------------------------------------------- output
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:,.0f}"
+    if isinstance(value, list):
+        return "-".join(_fmt(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def print_table(rows: list[dict], columns: Sequence[str], file: Any = None) -> None:
+    """Rows as a fixed-width text table with the given columns (missing values left blank)."""
+    cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    print(line, file=file)
+    print("  ".join("-" * w for w in widths), file=file)
+    for r in cells:
+        print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))), file=file)
+
+
+def write_result(name: str, data: dict) -> Path:
+    """bench/results/<name>.json with the command, machine and load added."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {"name": name, "command": " ".join([Path(sys.executable).name] + sys.argv),
+               "time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(), "load_at_end": load_average(),
+               **data}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    if not child_main({"roofline": _roofline_side}):
+        print(json.dumps(roofline(threads=int(sys.argv[1]) if len(sys.argv) > 1 else 1), indent=2))
