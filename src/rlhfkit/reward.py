@@ -139,8 +139,8 @@ def reward_at_last_token(model: Any, input_ids: torch.Tensor, attention_mask: to
         input_ids, attention_mask = right_align(input_ids, attention_mask)
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()  # (B,)
     trunk = getattr(model, model.base_model_prefix)
-    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=positions(attention_mask)).last_hidden_state  # (B, T, H)
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                   use_cache=False).last_hidden_state  # (B, T, H); no KV cache: nothing is generated
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     last_hidden = hidden[rows, last_token_index(attention_mask)]  # (B, H)
     return head(last_hidden)[:, 0].float()  # (B,)
