@@ -7,6 +7,7 @@ when it runs. Each stage parses its own options from a typed config (see rlhfkit
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # "command" or "command subcommand" -> "module:function"; each function takes argv (list[str]).
@@ -50,10 +51,18 @@ def resolve(argv: list[str]) -> tuple[str, list[str]]:
     raise KeyError(" ".join(argv[:2]))
 
 
+def quiet_libraries() -> None:
+    """rlhfkit prints its own progress; keep transformers' per-load reports and bars for real warnings only."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def main(argv: list[str] | None = None) -> int:
     from rlhfkit.errors import RlhfkitError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_libraries()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

@@ -33,13 +33,14 @@ def _text(rec: dict, field: str, where: tuple[str, int | None], allow_empty: boo
     return value
 
 
-def _text_list(rec: dict, field: str, where: tuple[str, int | None], min_len: int) -> list[str]:
+def _text_list(rec: dict, field: str, where: tuple[str, int | None], min_len: int,
+               allow_empty: bool = False) -> list[str]:
     value = rec.get(field)
     if not isinstance(value, list) or len(value) < min_len:
         raise DataError(*where, f"expected a list of at least {min_len} strings", field)
     for i, item in enumerate(value):
-        if not isinstance(item, str) or not item.strip():
-            raise DataError(*where, f"item {i} must be a non-empty string", field)
+        if not isinstance(item, str) or not (allow_empty or item.strip()):
+            raise DataError(*where, f"item {i} must be a {'' if allow_empty else 'non-empty '}string", field)
     return value
 
 
@@ -78,7 +79,7 @@ def validate(rec: Any, kind: str, where: tuple[str, int | None]) -> dict:
         _text(rec, "prompt", where)
     elif kind == "candidates":
         _text(rec, "prompt", where)
-        _text_list(rec, "responses", where, min_len=1)
+        _text_list(rec, "responses", where, min_len=1, allow_empty=True)  # a policy may answer with EOS at once
     elif kind == "preferences":
         _text(rec, "prompt", where, allow_empty=True)
         if _text(rec, "chosen", where) == _text(rec, "rejected", where):

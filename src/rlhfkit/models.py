@@ -45,7 +45,7 @@ def _wrap(tokenizer_object: Any, model_max_length: int) -> Any:
     return tok
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, model_max_length: int = 128) -> Any:
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, model_max_length: int = 1 << 20) -> Any:
     """Byte-level BPE trained with `tokenizers` on `texts`; BOS, EOS and a distinct PAD are special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -62,7 +62,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, model_max_
     return _wrap(tok, model_max_length)
 
 
-def gpt2_tokenizer(model_max_length: int = 128) -> Any:
+def gpt2_tokenizer(model_max_length: int = 1 << 20) -> Any:
     """The exact GPT-2 BPE (50,257 tokens) from the `gpt2.tiktoken` file that openai-whisper ships.
 
     EOS is GPT-2's `<|endoftext|>` (id 50256); BOS and PAD are added after it (ids 50257, 50258).

@@ -98,7 +98,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if cfg.model.tokenizer:
         tokenizer = load_tokenizer(cfg.model.tokenizer)
     else:
-        tokenizer = train_bpe_tokenizer(texts, cfg.vocab_size, model_max_length=cfg.data.max_length)
+        tokenizer = train_bpe_tokenizer(texts, cfg.vocab_size)  # lengths are rlhfkit's job, not the tokenizer's
     model, tokenizer = load_causal_lm(cfg.model, seed=cfg.train.seed, tokenizer=tokenizer)
     train = pack_corpus(tokenizer, texts, cfg.data.max_length)
     held = pack_corpus(tokenizer, [r["text"] for r in eval_recs], cfg.data.max_length)

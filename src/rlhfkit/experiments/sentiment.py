@@ -1,0 +1,495 @@
+"""The DPO paper's controlled sentiment generation (Rafailov et al. 2023, section 6.1), end to end, offline.
+
+x = a short prefix of a movie review; the policy must continue it with positive sentiment; the gold reward is
+a sentiment scorer (here VADER, standing in for the paper's IMDb classifier) of prefix + completion.
+
+    corpus -> pretrain (tiny) -> SFT on reviews -> prompts -> sample K completions per prompt from SFT
+    -> label pairs with the gold reward -> reward model -> from the same SFT reference: DPO at several beta,
+    PPO with the learned reward, PPO with the gold reward (PPO-GT), preferred-FT, unlikelihood, best-of-N
+    -> evaluate every snapshot of every run on held-out prompts -> report (frontier, beta vs KL, findings).
+
+Each stage writes `<out>/stages/<name>.json` when it finishes; a re-run skips finished stages, so a killed
+experiment resumes at the stage it was in. Departures from the paper: VADER instead of a trained classifier,
+Rotten Tomatoes snippets instead of IMDb, a pretrained-from-scratch tiny model instead of GPT-2 large.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TinyArch, TrainConfig
+from rlhfkit.tracking import say
+
+
+@dataclass(frozen=True)
+class SentimentConfig:
+    """rlhfkit experiment sentiment: the whole pipeline on the embedded corpus, ending in a report."""
+
+    preset: Literal["tiny", "smoke", "smollm2"] = "tiny"
+    """Sizes: tiny (2 CPU cores, ~20 min), smoke (toy sizes, < 3 min), smollm2 (SmolLM2-135M; sized for a GPU)."""
+    out: str = ""
+    """Run directory (default runs/sentiment-<preset>)."""
+    seed: int = 0
+    """Seed of every stage."""
+    threads: int | None = None
+    """torch threads for every stage (None: torch's default)."""
+    arch: TinyArch = field(default_factory=TinyArch)
+    """Architecture of the tiny model pretrained from scratch (tiny and smoke presets)."""
+    base_model: str = "tiny"
+    """Start from this model instead of pretraining ('tiny' pretrains; 'smollm2' or a directory skips it)."""
+    corpus_records: int | None = None
+    """Cap on pretraining records (None: all)."""
+    vocab_size: int = 4096
+    """BPE vocabulary trained on the corpus."""
+    pretrain_steps: int = 500
+    """Pretraining optimizer steps (batch 32 x 64 tokens)."""
+    pretrain_minutes: float | None = 4.0
+    """Stop pretraining after this long even if steps remain (a checkpoint is kept)."""
+    sft_steps: int = 150
+    """SFT optimizer steps on review (prefix, continuation) pairs."""
+    batch_size: int = 32
+    """Micro-batch of pretraining and SFT."""
+    train_prompts: int = 256
+    """Prompts for preference data, PPO and best-of-N training use (prefixes of training reviews)."""
+    eval_prompts: int = 128
+    """Held-out prompts every checkpoint is evaluated on (prefixes of held-out reviews)."""
+    samples_per_prompt: int = 4
+    """Completions sampled per prompt from SFT; all C(K,2) pairs are labelled, exact ties dropped."""
+    max_new_tokens: int = 24
+    """Longest completion (sampling, PPO and evaluation)."""
+    fixed_length: bool = False
+    """Forbid EOS before max_new_tokens everywhere, so no method can gain reward by writing longer text."""
+    rm_epochs: int = 2
+    """Reward-model epochs over the preference pairs."""
+    dpo_betas: tuple[float, ...] = (0.05, 0.1, 0.5, 1.0)
+    """One DPO run per beta (>= 4 for the beta-vs-KL fit)."""
+    dpo_epochs: int = 2
+    """Epochs of DPO, preferred-FT and unlikelihood over the pairs."""
+    dpo_batch_size: int = 16
+    """Pairs per DPO step."""
+    dpo_lr: float = 5e-4
+    """Learning rate of DPO and its baselines."""
+    ppo_steps: int = 30
+    """PPO rollout batches."""
+    ppo_batch_size: int = 16
+    """Prompts per PPO rollout batch."""
+    ppo_lr: float = 1e-4
+    """PPO learning rate."""
+    ppo_kl_coef: float = 0.05
+    """PPO's initial KL coefficient (adaptive towards ppo_kl_target)."""
+    ppo_kl_target: float = 4.0
+    """KL (nats) the adaptive controller aims at."""
+    best_of: tuple[int, ...] = (2, 4, 8, 16)
+    """N values of the best-of-N baseline (scored by the learned reward model)."""
+    snapshots: int = 3
+    """Snapshots per training run evaluated for the frontier (plus the final model)."""
+    kl_budget: float = 5.0
+    """KL (nats) within which the per-method table compares best rewards."""
+    lora_r: int = 0
+    """LoRA rank for SFT, DPO and PPO (0: full fine-tuning; used by the smollm2 preset on small machines)."""
+
+
+PRESETS: dict[str, SentimentConfig] = {
+    "tiny": SentimentConfig(),
+    "smoke": SentimentConfig(
+        preset="smoke", arch=TinyArch(hidden_size=48, num_layers=2, num_heads=2, intermediate_size=96),
+        corpus_records=3000, vocab_size=512, pretrain_steps=40, pretrain_minutes=None, sft_steps=20,
+        batch_size=16, train_prompts=24, eval_prompts=16, samples_per_prompt=4, max_new_tokens=12, rm_epochs=1,
+        dpo_betas=(0.1, 0.3, 1.0, 3.0), dpo_epochs=1, dpo_batch_size=8, dpo_lr=1e-3, ppo_steps=4,
+        ppo_batch_size=8, best_of=(2, 4), snapshots=1, kl_budget=5.0),
+    "smollm2": SentimentConfig(
+        preset="smollm2", base_model="smollm2", pretrain_steps=0, sft_steps=200, batch_size=16, train_prompts=512,
+        eval_prompts=256, max_new_tokens=32, dpo_lr=5e-6, ppo_lr=5e-6, dpo_batch_size=8, ppo_batch_size=16,
+        ppo_steps=100),
+}
+
+
+# --------------------------------------------------------------------------------------------------- stages
+@dataclass
+class Experiment:
+    """Paths and shared state of one experiment run."""
+
+    cfg: SentimentConfig
+    dir: Path
+    estimates: dict[str, float]
+    started: float = field(default_factory=time.time)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, *parts: str) -> Path:
+        return self.dir.joinpath(*parts)
+
+    def train_cfg(self, **kw: Any) -> TrainConfig:
+        base = dict(seed=self.cfg.seed, threads=self.cfg.threads, progress=False, log_every=10)
+        return TrainConfig(**{**base, **kw})
+
+
+def run_stage(exp: Experiment, name: str, fn: Callable[[Experiment], dict], index: int, total: int) -> dict:
+    """Run `fn` once: a finished stage (its json exists) is loaded, not re-run. One line of progress each."""
+    done_file = exp.path("stages", f"{name}.json")
+    if done_file.exists():
+        result = json.loads(done_file.read_text())
+        say(f"[{index}/{total}] {name}: done earlier ({result['seconds']:.0f} s), skipped")
+        return result
+    remaining = sum(v for k, v in exp.estimates.items() if not exp.path("stages", f"{k}.json").exists())
+    say(f"[{index}/{total}] {name}: running (est. {exp.estimates.get(name, 0):.0f} s; "
+        f"~{remaining / 60:.1f} min left in the experiment)")
+    t0 = time.time()
+    result = {"name": name, **fn(exp), "seconds": time.time() - t0, "status": "done"}
+    done_file.parent.mkdir(parents=True, exist_ok=True)
+    done_file.write_text(json.dumps(result, indent=2))
+    say(f"[{index}/{total}] {name}: finished in {result['seconds']:.0f} s")
+    return result
+
+
+def stage_corpus(exp: Experiment) -> dict:
+    from rlhfkit.corpus import build_corpus
+
+    return {"counts": build_corpus(exp.path("corpus"), seed=exp.cfg.seed)}
+
+
+def stage_pretrain(exp: Experiment) -> dict:
+    from rlhfkit.sft import PretrainConfig, run_pretrain
+
+    cfg = exp.cfg
+    if cfg.base_model != "tiny":
+        return {"model": cfg.base_model, "skipped": f"starting from {cfg.base_model}"}
+    data = DataConfig(train=str(exp.path("corpus", "pretrain_train.jsonl")),
+                      eval=str(exp.path("corpus", "pretrain_eval.jsonl")), max_length=64,
+                      max_records=cfg.corpus_records)
+    summary = run_pretrain(PretrainConfig(
+        data=data, model=ModelConfig(tiny=cfg.arch), vocab_size=cfg.vocab_size,
+        train=exp.train_cfg(batch_size=cfg.batch_size, max_steps=cfg.pretrain_steps, max_minutes=cfg.pretrain_minutes,
+                            eval_every=10**9, save_every=100),
+        optim=OptimConfig(lr=3e-3, warmup_steps=20, weight_decay=0.1), out=str(exp.path("pretrain"))))
+    return summary
+
+
+def stage_sft(exp: Experiment) -> dict:
+    from rlhfkit.config import LoRAConfig
+    from rlhfkit.sft import SFTConfig, run_sft
+
+    cfg = exp.cfg
+    base = exp.results["pretrain"]["model"]
+    data = DataConfig(train=str(exp.path("corpus", "sft_train.jsonl")), max_length=64, max_prompt_length=24,
+                      max_records=cfg.sft_steps * cfg.batch_size * 2, eval_fraction=0.05)
+    return run_sft(SFTConfig(
+        data=data, model=ModelConfig(name=base), lora=LoRAConfig(r=cfg.lora_r),
+        train=exp.train_cfg(batch_size=cfg.batch_size, max_steps=cfg.sft_steps, eval_every=10**9, save_every=100),
+        optim=OptimConfig(lr=1e-3 if cfg.base_model == "tiny" else 2e-5, warmup_steps=10),
+        out=str(exp.path("sft"))))
+
+
+def stage_prompts(exp: Experiment) -> dict:
+    """Training prompts: prefixes of training reviews (the SFT prompts); eval prompts: held-out prefixes."""
+    from rlhfkit.data import read_records, write_jsonl
+
+    cfg = exp.cfg
+    rng = random.Random(cfg.seed)
+    sft = [r["prompt"] for r in read_records(exp.path("corpus", "sft_train.jsonl"), "sft")]
+    train = rng.sample(sorted(set(sft)), cfg.train_prompts)
+    held = [r["prompt"] for r in read_records(exp.path("corpus", "prompts_heldout.jsonl"), "prompts")]
+    held = rng.sample(held, cfg.eval_prompts)
+    write_jsonl(exp.path("prompts_train.jsonl"), ({"prompt": p} for p in train))
+    write_jsonl(exp.path("prompts_eval.jsonl"), ({"prompt": p} for p in held))
+    return {"train": len(train), "eval": len(held)}
+
+
+def _prompts(exp: Experiment, split: str) -> list[str]:
+    from rlhfkit.data import read_records
+
+    return [r["prompt"] for r in read_records(exp.path(f"prompts_{split}.jsonl"), "prompts")]
+
+
+def _load_sft(exp: Experiment) -> tuple[Any, Any]:
+    from rlhfkit.models import load_causal_lm
+
+    return load_causal_lm(ModelConfig(name=exp.results["sft"]["model"]))
+
+
+def _min_new(exp: Experiment) -> int:
+    return exp.cfg.max_new_tokens if exp.cfg.fixed_length else 0
+
+
+def stage_sample(exp: Experiment) -> dict:
+    from rlhfkit.data import encode_prompt, write_jsonl
+    from rlhfkit.generation import decode_responses, sample
+
+    cfg = exp.cfg
+    model, tok = _load_sft(exp)
+    prompts = _prompts(exp, "train")
+    rollout = sample(model, [encode_prompt(tok, p) for p in prompts], tok.pad_token_id, tok.eos_token_id,
+                     num_samples=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
+                     min_new_tokens=_min_new(exp), seed=cfg.seed)
+    texts = decode_responses(tok, rollout)
+    K = cfg.samples_per_prompt
+    records = [{"prompt": p, "responses": texts[i * K:(i + 1) * K], "policy": "sft"} for i, p in enumerate(prompts)]
+    return {"candidates": write_jsonl(exp.path("candidates.jsonl"), records),
+            "mean_length": float(rollout.lengths.float().mean())}
+
+
+def stage_label(exp: Experiment) -> dict:
+    from rlhfkit.data import read_records, write_jsonl
+    from rlhfkit.labeling.auto import label_candidates
+    from rlhfkit.labeling.gold import vader_score
+
+    cands = read_records(exp.path("candidates.jsonl"), "candidates")
+    usable = [dict(c, responses=[r for r in c["responses"] if r.strip()]) for c in cands]
+    usable = [c for c in usable if len(c["responses"]) >= 2]
+    records, counts = label_candidates(usable, vader_score, "pairs", 0.0, exp.cfg.seed, "vader", "gold")
+    return {"pairs": write_jsonl(exp.path("preferences.jsonl"), records), "counts": dict(counts)}
+
+
+def stage_reward_model(exp: Experiment) -> dict:
+    from rlhfkit.reward import RMConfig, run_rm_train
+
+    cfg = exp.cfg
+    summary = run_rm_train(RMConfig(
+        data=DataConfig(train=str(exp.path("preferences.jsonl")), max_length=96, max_prompt_length=32,
+                        eval_fraction=0.15),
+        model=ModelConfig(name=exp.results["sft"]["model"]),
+        train=exp.train_cfg(batch_size=8, epochs=cfg.rm_epochs, eval_every=10**9, save_every=10**9),
+        optim=OptimConfig(lr=1e-3 if cfg.base_model == "tiny" else 1e-5, warmup_steps=5),
+        out=str(exp.path("rm"))))
+    return summary
+
+
+# -------------------------------------------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class Method:
+    """One policy-improvement run from the SFT reference. `method` is the name the report's findings use."""
+
+    name: str
+    method: str
+    label: str
+    beta: float | None
+    train: Callable[[Experiment, "Method"], dict]
+
+
+def _snapshot_every(total_steps: int, snapshots: int) -> int:
+    return max(1, math.ceil(total_steps / max(1, snapshots)))
+
+
+def train_offline(exp: Experiment, m: Method, loss: str) -> dict:
+    """DPO or one of its baselines on the labelled pairs (rlhfkit.dpo)."""
+    from rlhfkit.config import LoRAConfig
+    from rlhfkit.dpo import DPOConfig, run_dpo
+
+    cfg = exp.cfg
+    steps = cfg.dpo_epochs * max(1, int(exp.results["label"]["pairs"] * 0.9) // cfg.dpo_batch_size)
+    return run_dpo(DPOConfig(
+        data=DataConfig(train=str(exp.path("preferences.jsonl")), max_length=64, max_prompt_length=24,
+                        eval_fraction=0.1),
+        model=ModelConfig(name=exp.results["sft"]["model"]), lora=LoRAConfig(r=cfg.lora_r), loss=loss,
+        beta=m.beta if m.beta is not None else 0.1, kl_prompts=0,
+        train=exp.train_cfg(batch_size=cfg.dpo_batch_size, epochs=cfg.dpo_epochs, eval_every=10**9,
+                            save_every=10**9, snapshot_every=_snapshot_every(steps, cfg.snapshots)),
+        optim=OptimConfig(lr=cfg.dpo_lr, warmup_steps=5), out=str(exp.path("runs", m.name))))
+
+
+def train_ppo(exp: Experiment, m: Method, reward: str) -> dict:
+    """PPO with a KL penalty (adaptive beta) against `reward` (rlhfkit.ppo)."""
+    from rlhfkit.config import LoRAConfig
+    from rlhfkit.ppo import KLConfig, PPOConfig, run_ppo
+
+    cfg = exp.cfg
+    return run_ppo(PPOConfig(
+        model=ModelConfig(name=exp.results["sft"]["model"]), lora=LoRAConfig(r=cfg.lora_r),
+        prompts=str(exp.path("prompts_train.jsonl")), reward=reward, advantage="gae",
+        max_new_tokens=cfg.max_new_tokens, min_new_tokens=_min_new(exp), minibatch_size=cfg.ppo_batch_size // 2,
+        kl=KLConfig(coef=cfg.ppo_kl_coef, adaptive=True, target=cfg.ppo_kl_target, horizon=cfg.ppo_steps * 10),
+        train=exp.train_cfg(batch_size=cfg.ppo_batch_size, max_steps=cfg.ppo_steps, save_every=10**9, log_every=1,
+                            snapshot_every=_snapshot_every(cfg.ppo_steps, cfg.snapshots)),
+        optim=OptimConfig(lr=cfg.ppo_lr, warmup_steps=0, schedule="constant"), out=str(exp.path("runs", m.name))))
+
+
+def methods_for(cfg: SentimentConfig) -> list[Method]:
+    """Every method of the DPO paper's Figure 2 (left), in the order they run."""
+    ms = [Method(f"dpo-beta{b:g}", "dpo", f"DPO beta={b:g}", b, lambda e, m: train_offline(e, m, "dpo"))
+          for b in cfg.dpo_betas]
+    ms.append(Method("preferred-ft", "preferred_ft", "Preferred-FT", None,
+                     lambda e, m: train_offline(e, m, "preferred_ft")))
+    ms.append(Method("unlikelihood", "unlikelihood", "Unlikelihood", None,
+                     lambda e, m: train_offline(e, m, "unlikelihood")))
+    ms.append(Method("ppo", "ppo", "PPO (learned reward)", None,
+                     lambda e, m: train_ppo(e, m, f"rm:{e.results['reward_model']['model']}")))
+    ms.append(Method("ppo-gt", "ppo_gt", "PPO-GT (gold reward)", None, lambda e, m: train_ppo(e, m, "vader")))
+    return ms
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def _sampling(exp: Experiment) -> Any:
+    from rlhfkit.evaluate import SamplingConfig
+
+    return SamplingConfig(max_new_tokens=exp.cfg.max_new_tokens, min_new_tokens=_min_new(exp))
+
+
+def _policies(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, model dir) of every snapshot of a run, plus its final model when no snapshot has its step."""
+    from rlhfkit.loop import snapshot_dirs
+
+    found = [(int(d.name.split("-")[1]), d) for d in snapshot_dirs(run_dir)]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if not found or found[-1][0] != summary.get("step"):
+        found.append((int(summary.get("step", len(found))), run_dir / "model"))
+    return found
+
+
+def evaluate_run(exp: Experiment, run_dir: Path, reference: Any, tok: Any, prompts: list[str]) -> dict:
+    """Reward and KL at every saved policy of a run (cached in <run>/eval.json), and the final completions."""
+    from rlhfkit.evaluate import evaluate_policy
+    from rlhfkit.labeling.gold import vader_score
+    from rlhfkit.models import load_causal_lm
+
+    cache = run_dir / "eval.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    checkpoints, completions = [], []
+    for step, path in _policies(run_dir):
+        policy, _ = load_causal_lm(ModelConfig(name=str(path)), tokenizer=tok)
+        ev = evaluate_policy(policy, reference, tok, prompts, vader_score, _sampling(exp), seed=exp.cfg.seed + 1)
+        checkpoints.append({"step": step, **ev.summary()})
+        completions = ev.completions
+    result = {"checkpoints": checkpoints, "completions": completions}
+    cache.write_text(json.dumps(result))
+    return result
+
+
+def evaluate_best_of_n(exp: Experiment, policy: Any, tok: Any, prompts: list[str]) -> dict:
+    """Best-of-N under the learned reward model, judged by the gold reward; KL is the analytic bound."""
+    from rlhfkit.bestofn import best_of_n
+    from rlhfkit.evaluate import best_of_n_kl
+    from rlhfkit.labeling.gold import make_scorer, vader_score
+    from rlhfkit.stats import mean_ci
+
+    scorer = make_scorer(f"rm:{exp.results['reward_model']['model']}")
+    checkpoints, completions = [], []
+    for n in exp.cfg.best_of:
+        picks = best_of_n(policy, tok, prompts, scorer, n, exp.cfg.max_new_tokens, min_new_tokens=_min_new(exp),
+                          seed=exp.cfg.seed + 1)
+        completions = [p.response for p in picks]
+        gold = mean_ci(vader_score(prompts, completions))
+        length = sum(len(tok(c, add_special_tokens=False)["input_ids"]) + 1 for c in completions) / len(picks)
+        checkpoints.append({"step": n, "kl": best_of_n_kl(n), "kl_se": 0.0, "reward": gold.mean,
+                            "reward_se": gold.se, "length": length, "n": gold.n})
+    return {"checkpoints": checkpoints, "completions": completions}
+
+
+def stage_evaluate(exp: Experiment) -> dict:
+    """Every method, every snapshot, the same held-out prompts and seed; win rate vs SFT of each final policy."""
+    from rlhfkit.evaluate import evaluate_policy
+    from rlhfkit.labeling.gold import vader_score
+    from rlhfkit.stats import win_rate
+
+    prompts = _prompts(exp, "eval")
+    reference, tok = _load_sft(exp)
+    sft = evaluate_policy(reference, reference, tok, prompts, vader_score, _sampling(exp), seed=exp.cfg.seed + 1)
+    sft_scores = sft.scores
+    entries = [{"method": "sft", "label": "SFT (reference)", "beta": None,
+                "checkpoints": [{"step": 0, **sft.summary()}], "win_rate_vs_sft": None, "completions": sft.completions}]
+    runs = [(m, evaluate_run(exp, exp.path("runs", m.name), reference, tok, prompts)) for m in methods_for(exp.cfg)]
+    bon_label = f"Best-of-N (N={','.join(str(n) for n in exp.cfg.best_of)}; learned RM)"
+    bon = Method("best-of-n", "best_of_n", bon_label, None, lambda e, m: {})
+    runs.append((bon, evaluate_best_of_n(exp, reference, tok, prompts)))
+    for m, ev in runs:
+        wr = win_rate(vader_score(prompts, ev["completions"]), sft_scores).to_dict()
+        entries.append({"method": m.method, "label": m.label, "beta": m.beta, "checkpoints": ev["checkpoints"],
+                        "win_rate_vs_sft": wr, "completions": ev["completions"]})
+    exp.path("evaluation.json").write_text(json.dumps({"prompts": prompts, "methods": entries}))
+    return {"methods": len(entries), "prompts": len(prompts)}
+
+
+# --------------------------------------------------------------------------------------------------- report
+def _beta_fit(methods: list[dict]) -> Any:
+    from rlhfkit.report import beta_kl_points
+    from rlhfkit.stats import fit_beta_kl
+
+    betas, kls = beta_kl_points(methods)
+    if len(set(betas)) < 2 or any(k <= 0 for k in kls):
+        return None  # the finding then reads "inconclusive", with the reason in its evidence
+    return fit_beta_kl(betas, kls)
+
+
+def stage_report(exp: Experiment) -> dict:
+    from rlhfkit import report
+
+    ev = json.loads(exp.path("evaluation.json").read_text())
+    methods = [{k: v for k, v in m.items() if k != "completions"} for m in ev["methods"]]
+    samples = [{"prompt": p, "completions": {m["label"]: m["completions"][i] for m in ev["methods"]}}
+               for i, p in enumerate(ev["prompts"][:8])]
+    fit = _beta_fit(methods)
+    held = exp.results["reward_model"].get("held_out", {})
+    stages = [{"name": k, "seconds": v.get("seconds", 0.0), "status": v.get("status", "done")}
+              for k, v in exp.results.items()]
+    results = {
+        "title": f"Controlled sentiment generation (preset {exp.cfg.preset})", "preset": exp.cfg.preset,
+        "budget": exp.cfg.kl_budget, "commands": [f"rlhfkit experiment sentiment --preset {exp.cfg.preset}"],
+        "stages": stages, "methods": methods, "samples": samples, "beta_fit": fit,
+        "reward_model": {"accuracy": held.get("accuracy"), "n": held.get("n"),
+                         "calibration": held.get("calibration", [])},
+        "findings": [report.finding_dpo_dominates_ppo(methods), report.finding_beta_sets_kl(fit),
+                     report.finding_baselines_fall_short(methods, exp.cfg.kl_budget)],
+        "data": {"label": exp.results["label"].get("counts"), "corpus": exp.results["corpus"].get("counts")},
+    }
+    paths = report.write_report(exp.dir, results)
+    return {"paths": paths, "findings": results["findings"]}
+
+
+# ------------------------------------------------------------------------------------------------------ run
+FIXED_STAGES: list[tuple[str, Callable[[Experiment], dict]]] = [
+    ("corpus", stage_corpus), ("pretrain", stage_pretrain), ("sft", stage_sft), ("prompts", stage_prompts),
+    ("sample", stage_sample), ("label", stage_label), ("reward_model", stage_reward_model),
+]
+ESTIMATES = {  # seconds per stage on 2 CPU cores, used only for the ETA line
+    "tiny": {"corpus": 3, "pretrain": 240, "sft": 60, "prompts": 1, "sample": 30, "label": 2, "reward_model": 40,
+             "method": 60, "evaluate": 180, "report": 5},
+    "smoke": {"corpus": 3, "pretrain": 10, "sft": 5, "prompts": 1, "sample": 3, "label": 1, "reward_model": 5,
+              "method": 8, "evaluate": 30, "report": 3},
+    "smollm2": {"corpus": 3, "pretrain": 0, "sft": 600, "prompts": 1, "sample": 120, "label": 2,
+                "reward_model": 300, "method": 600, "evaluate": 900, "report": 5},
+}
+
+
+def stages_for(cfg: SentimentConfig) -> list[tuple[str, Callable[[Experiment], dict]]]:
+    method_stages = [(m.name, (lambda e, m=m: m.train(e, m))) for m in methods_for(cfg)]
+    return FIXED_STAGES + method_stages + [("evaluate", stage_evaluate), ("report", stage_report)]
+
+
+def run_experiment(cfg: SentimentConfig) -> dict:
+    """Run (or resume) every stage; returns the report stage's result."""
+    out = Path(cfg.out or f"runs/sentiment-{cfg.preset}")
+    out.mkdir(parents=True, exist_ok=True)
+    from rlhfkit import config as config_lib
+
+    config_lib.save(cfg, out / "config.yaml")
+    est = ESTIMATES[cfg.preset]
+    stages = stages_for(cfg)
+    exp = Experiment(cfg, out, {name: est.get(name, est["method"]) for name, _ in stages})
+    for i, (name, fn) in enumerate(stages, start=1):
+        exp.results[name] = run_stage(exp, name, fn, i, len(stages))
+    total = sum(r.get("seconds", 0.0) for r in exp.results.values())
+    return {**exp.results["report"], "total_seconds": total, "dir": str(out)}
+
+
+def main(argv: list[str]) -> int:
+    from rlhfkit import config as config_lib
+
+    preset = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else "tiny"
+    if preset not in PRESETS:
+        from rlhfkit.errors import RlhfkitError
+
+        raise RlhfkitError(f"unknown preset '{preset}': choose one of {', '.join(PRESETS)}")
+    cfg = config_lib.parse(SentimentConfig, argv, prog="rlhfkit experiment sentiment", default=PRESETS[preset])
+    result = run_experiment(cfg)
+    say(f"sentiment experiment finished in {result['total_seconds'] / 60:.1f} min of stage time")
+    for f in result["findings"]:
+        from rlhfkit.report import verdict
+
+        say(f"  {verdict(f['reproduced'])}: {f['claim']} ({f['evidence']})")
+    say(f"report: {result['paths']['html']}")
+    return 0

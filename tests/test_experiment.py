@@ -1,0 +1,50 @@
+"""The smoke experiment end to end (the same stages as the tiny preset at toy size), and its resumability."""
+
+import json
+import math
+
+import pytest
+from pathlib import Path
+
+from rlhfkit.experiments.sentiment import PRESETS, methods_for, run_experiment, stages_for
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    from dataclasses import replace
+
+    out = tmp_path_factory.mktemp("sentiment") / "smoke"
+    cfg = replace(PRESETS["smoke"], out=str(out), threads=1)
+    return cfg, run_experiment(cfg)
+
+
+def test_smoke_experiment_writes_a_report_with_every_method_on_the_frontier(smoke_run):
+    cfg, result = smoke_run
+    out = cfg.out
+    for name in ("report.html", "report.md", "results.json", "methods.csv", "frontier.png"):
+        assert (out_path := Path(out) / name).exists() and out_path.stat().st_size > 0, name
+    results = json.loads((Path(out) / "results.json").read_text())
+    methods = {m["method"] for m in results["methods"]}
+    assert {"sft", "dpo", "ppo", "ppo_gt", "preferred_ft", "unlikelihood", "best_of_n"} <= methods
+    assert len([m for m in results["methods"] if m["method"] == "dpo"]) >= 4
+    for m in results["methods"]:
+        assert m["checkpoints"], f"{m['label']} has no point on the frontier"
+        for c in m["checkpoints"]:
+            assert all(math.isfinite(c[k]) for k in ("kl", "reward", "length")), (m["label"], c)
+    assert len(results["findings"]) == 3
+    assert {f["reproduced"] for f in results["findings"]} <= {True, False, None}
+    html = (Path(out) / "report.html").read_text()
+    assert "<script" not in html.lower()
+
+
+def test_rerun_skips_finished_stages(smoke_run, capsys):
+    cfg, _ = smoke_run
+    run_experiment(cfg)
+    err = capsys.readouterr().err
+    assert err.count("skipped") == len(stages_for(cfg))
+
+
+def test_every_preset_lists_all_methods():
+    for cfg in PRESETS.values():
+        kinds = [m.method for m in methods_for(cfg)]
+        assert kinds.count("dpo") >= 4 and {"ppo", "ppo_gt", "preferred_ft", "unlikelihood"} <= set(kinds)
