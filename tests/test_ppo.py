@@ -67,7 +67,7 @@ def test_policy_forward_matches_generation_logprobs_with_left_padding(tiny_model
                      tok.eos_token_id, num_samples=2, max_new_tokens=6, seed=1)
     module = ppo.PolicyWithValue(tiny_model, value_head=True).eval()
     chunks = [torch.arange(6)]
-    logps, values, entropy = ppo.policy_logprobs(module, rollout, chunks, 1.0, "cpu")
+    logps, values, entropy, _ = ppo.policy_logprobs(module, rollout, chunks, 1.0, "cpu")
     mask = rollout.response_mask.bool()
     with torch.no_grad():
         expected = response_logprobs(tiny_model, rollout)
@@ -94,7 +94,7 @@ def test_kl_zero_before_update_and_ratio_exactly_one_on_first_minibatch(tiny_mod
     module, reference, optimizer, accelerator, rollout = _parts(tiny_model, tiny_tokenizer, lora)
     assert (reference is None) == lora  # LoRA: the base with the adapter disabled is the reference
     epochs = [ppo.minibatches(8, 4, seed=k) for k in range(2)]
-    old, values, _ = ppo.policy_logprobs(module, rollout, epochs[0], 1.0, "cpu")
+    old, values, _, _ = ppo.policy_logprobs(module, rollout, epochs[0], 1.0, "cpu")
     ref = ppo.reference_logprobs(module, reference, rollout, epochs[0], 1.0, "cpu")
     mask = rollout.response_mask
     for estimator in rl.KL_ESTIMATORS:  # policy == reference: every estimator is exactly 0
@@ -112,7 +112,7 @@ def test_kl_zero_before_update_and_ratio_exactly_one_on_first_minibatch(tiny_mod
     assert history[1]["ppo/ratio_dev_max"] > 0  # the first update moved the policy
     after = ppo.reference_logprobs(module, reference, rollout, epochs[0], 1.0, "cpu")
     assert torch.equal(after, ref)  # the reference stayed frozen while the policy moved
-    moved, _, _ = ppo.policy_logprobs(module, rollout, epochs[0], 1.0, "cpu")
+    moved, _, _, _ = ppo.policy_logprobs(module, rollout, epochs[0], 1.0, "cpu")
     assert not torch.equal(moved * mask, old * mask)
 
 
@@ -129,7 +129,7 @@ def test_score_lands_on_eos_index_for_every_padding_layout(tiny_model, tiny_toke
     rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, torch.zeros(4, 4), ended)
     module = ppo.PolicyWithValue(tiny_model, value_head=True).eval()
     chunks = [torch.tensor([2, 0]), torch.tensor([3, 1])]
-    old, values, _ = ppo.policy_logprobs(module, rollout, chunks, 1.0, "cpu")
+    old, values, _, _ = ppo.policy_logprobs(module, rollout, chunks, 1.0, "cpu")
     ref = ppo.reference_logprobs(module, ppo.make_reference(tiny_model), rollout, chunks, 1.0, "cpu")
     scores = ppo.penalise_missing_eos(torch.tensor([0.5, 0.25, 0.75, 2.0]), ended, missing_eos_score=-1.0)
     assert scores.tolist() == [0.5, 0.25, -1.0, 2.0]

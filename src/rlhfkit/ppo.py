@@ -205,24 +205,34 @@ def minibatches(n: int, size: int, seed: int) -> list[torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------- the step's parts
-@torch.no_grad()
-def policy_logprobs(module: PolicyWithValue, rollout: Rollout, chunks: list[torch.Tensor], temperature: float,
-                    device: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Old log-probs (N, A), old values (N, A) or None and per-token entropy (N, A), dropout off, computed on
-    the same minibatch rows (`chunks`) and by the same forward as the first training epoch."""
+def policy_logprobs(module: Any, rollout: Rollout, chunks: list[torch.Tensor], temperature: float, device: Any,
+                    keep_first: bool = False):
+    """Old log-probs (N, A), old values (N, A) or None, per-token entropy (N, A) and `first`, dropout off,
+    computed on the same minibatch rows (`chunks`) and by the same forward as the first training epoch.
+
+    keep_first: `first` is the first chunk's (logprobs, values) WITH their autograd graph (else None). The first
+    minibatch of the first epoch is trained at exactly these parameters, so its training forward is this one (one
+forward fewer per step; the ratio there is exp(0) = 1 by construction).
+    """
     ids, attn = rollout.input_ids.to(device), rollout.attention_mask.to(device)
     P, A = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
-    N = ids.shape[0]
+    N, has_values = ids.shape[0], getattr(module, "module", module).value_head is not None
     logps, ent = torch.zeros(N, A, device=device), torch.zeros(N, A, device=device)
-    values = torch.zeros(N, A, device=device) if module.value_head is not None else None
-    for idx in chunks:
+    values = torch.zeros(N, A, device=device) if has_values else None
+    first = None
+    for k, idx in enumerate(chunks):
         idx = idx.to(device)
-        lp, v, logits = module(ids[idx], attn[idx], P, A, temperature)
-        logps[idx] = lp
-        ent[idx] = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)  # (b, A)
-        if values is not None:
-            values[idx] = v
-    return logps, values, ent
+        with torch.set_grad_enabled(keep_first and k == 0):
+            lp, v, logits = module(ids[idx], attn[idx], P, A, temperature)
+        if keep_first and k == 0:
+            first = (lp, v)
+        with torch.no_grad():
+            logps[idx] = lp.detach()
+            logits = logits.detach()
+            ent[idx] = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)  # (b, A)
+            if values is not None:
+                values[idx] = v.detach()
+    return logps, values, ent, first
 
 
 @torch.no_grad()
@@ -286,11 +296,14 @@ class Experience:
     returns: torch.Tensor | None  # (N, A)
 
 
-def minibatch_loss(module: Any, exp: Experience, idx: torch.Tensor, cfg: PPOConfig
+def minibatch_loss(module: Any, exp: Experience, idx: torch.Tensor, cfg: PPOConfig, forward: tuple | None = None
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped policy loss (+ vf_coef * clipped value loss) on the rows `idx`, token-averaged."""
+    """Clipped policy loss (+ vf_coef * clipped value loss) on the rows `idx`, token-averaged.
+    forward: this minibatch's (logprobs, values) when already computed with their graph (see policy_logprobs)."""
     mask = exp.mask[idx]  # (b, A)
-    logps, values, _ = module(exp.input_ids[idx], exp.attention_mask[idx], exp.P, exp.A, cfg.temperature)
+    if forward is None:
+        forward = module(exp.input_ids[idx], exp.attention_mask[idx], exp.P, exp.A, cfg.temperature)[:2]
+    logps, values = forward
     pg, metrics = losses.ppo_policy_loss(logps, exp.old_logprobs[idx], exp.advantages[idx], mask, cfg.clip_range)
     policy_loss = ops.masked_mean(pg, mask)
     metrics = dict(metrics, **{"ppo/policy_loss": policy_loss.detach(),
@@ -314,19 +327,20 @@ def ptx_loss(module: Any, batch: Any) -> torch.Tensor:
 
 
 def train_epochs(module: Any, optimizer: Any, accelerator: Any, exp: Experience, epochs: list[list[torch.Tensor]],
-                 cfg: PPOConfig, max_grad_norm: float | None, ptx_batches: Iterator | None = None
-                 ) -> list[dict[str, float]]:
+                 cfg: PPOConfig, max_grad_norm: float | None, ptx_batches: Iterator | None = None,
+                 first_forward: tuple | None = None) -> list[dict[str, float]]:
     """K epochs of minibatch updates; `epochs[k]` lists epoch k's minibatch rows. Returns per-update metrics
-    (the first entry is the first minibatch, where the ratio must be exactly 1)."""
+    (the first entry is the first minibatch, where the ratio must be exactly 1). first_forward: the first
+    minibatch's forward kept from the old-log-prob pass (None: recompute it)."""
     history = []
-    for chunks in epochs:
-        for idx in chunks:
+    for k, chunks in enumerate(epochs):
+        for j, idx in enumerate(chunks):
             idx = idx.to(exp.input_ids.device)
             if ptx_batches is not None:
                 with accelerator.no_sync(module):  # grads accumulate; the PPO backward below syncs them
                     lm = ptx_loss(module, next(ptx_batches).to(exp.input_ids.device))
                     accelerator.backward(cfg.ptx.coef * lm)
-            loss, metrics = minibatch_loss(module, exp, idx, cfg)
+            loss, metrics = minibatch_loss(module, exp, idx, cfg, first_forward if k == j == 0 else None)
             if not torch.isfinite(loss):
                 raise TrainingDiverged("non-finite PPO loss; lower --optim.lr or check the reward scale")
             accelerator.backward(loss)
@@ -403,7 +417,9 @@ def ppo_step(tr: Trainer, step: int) -> dict[str, float]:
     t1 = time.time()
     N, mask = rollout.response_ids.shape[0], rollout.response_mask.to(device)
     epochs = [minibatches(N, c.minibatch_size, c.train.seed * 7919 + step * 131 + k) for k in range(c.ppo_epochs)]
-    old_logps, old_values, entropy = policy_logprobs(tr.inner, rollout, epochs[0], c.temperature, device)
+    # the kept first forward would interleave with the ptx forward under DDP; with ptx on it is recomputed
+    old_logps, old_values, entropy, first = policy_logprobs(tr.module, rollout, epochs[0], c.temperature, device,
+                                                            keep_first=tr.ptx_batches is None)
     ref_logps = reference_logprobs(tr.inner, tr.reference, rollout, epochs[0], c.temperature, device)  # 2.
     t2 = time.time()
     raw_scores = score(tr, rows, rollout).to(device)  # 3. score
@@ -416,7 +432,7 @@ def ppo_step(tr: Trainer, step: int) -> dict[str, float]:
     exp = Experience(rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
                      rollout.response_ids.shape[1], mask, old_logps, old_values, advantages, returns)
     history = train_epochs(tr.module, tr.optimizer, acc, exp, epochs, c, tr.cfg.optim.max_grad_norm,
-                           tr.ptx_batches)  # 6. K epochs of minibatch updates
+                           tr.ptx_batches, first)  # 6. K epochs of minibatch updates
     tr.scheduler.step()
     t4 = time.time()
     seq_kl = ops.masked_sum(rl.kl_penalty(old_logps, ref_logps, c.kl.estimator), mask, dim=-1)  # (N,)
