@@ -174,7 +174,8 @@ def response_token_logps(model: Any, batch: TokenBatch) -> tuple[torch.Tensor, t
     """
     first = int(batch.loss_mask.argmax(-1).min())  # earliest response column s >= 1
     keep = batch.input_ids.shape[1] - first + 1
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep).logits
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep,
+                   use_cache=False).logits  # (N, K, V); no KV cache to build in a full-sequence pass
     ids = batch.input_ids[:, -keep:]  # (N, K): the tokens whose positions produced the kept logits
     return ops.token_logprobs(logits, ids), batch.loss_mask[:, -keep + 1 :]  # (N, K-1), (N, K-1)
 
