@@ -13,15 +13,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-WORDS = ("the movie was great terrible fun boring acting plot film i loved hated it a story good bad "
-         "wonderful awful best worst").split()
-
-
-def toy_texts(n: int = 200, seed: int = 0) -> list[str]:
-    import random
-
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) for _ in range(n)]
+from toy import WORDS, toy_texts  # noqa: E402,F401  (shared toy data; conftest is not importable by name)
 
 
 @pytest.fixture(scope="session")

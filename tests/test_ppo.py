@@ -32,7 +32,7 @@ def model_dir(tmp_path_factory, tiny_tokenizer, tiny_arch):
 
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory):
-    from conftest import toy_texts
+    from toy import toy_texts
 
     path = tmp_path_factory.mktemp("ppo") / "prompts.jsonl"
     write_jsonl(path, [{"prompt": " ".join(t.split()[:3])} for t in toy_texts(64, seed=3)])

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import WORDS
+from toy import WORDS
 
 from rlhfkit import cli
 from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
@@ -313,3 +313,15 @@ def test_rankings_train_with_plackett_luce_and_with_likert_margin(tmp_path, sft_
                      "--out", str(tmp_path / "eval.json")])
     assert code == 0
     assert json.loads((tmp_path / "eval.json").read_text())["n"] == 24 * 3
+
+
+def test_rm_configs_parse():
+    from pathlib import Path
+
+    from rlhfkit import config as config_lib
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("rm_*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = config_lib.parse(RMConfig, ["--config", str(path), "--data.train", "x.jsonl"])
+        assert cfg.loss in ("bt", "pl") and cfg.data.train == "x.jsonl"
