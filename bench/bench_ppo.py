@@ -61,6 +61,7 @@ def run_rlhfkit(p: dict) -> dict:
     split = {k: statistics.median(r[f"time/{k}"] for r in rows[p["warmup"]:])
              for k in ("generation", "logprobs", "scoring", "optimisation")}
     return {"rollouts_per_s": n / statistics.median(steady), "step_s": statistics.median(steady),
+            "tokens_per_s": n * p["tokens"] / statistics.median(steady),  # generated tokens, for common's log line
             **{f"{k}_s": v for k, v in split.items()}, "score_last": rows[-1]["objective/score"]}
 
 
@@ -98,7 +99,8 @@ def run_trl(p: dict) -> dict:
     common.mark_train_start()
     trainer.train()
     steady = [b - a for a, b in zip(clock.times, clock.times[1:])][p["warmup"]:]
-    return {"rollouts_per_s": n / statistics.median(steady), "step_s": statistics.median(steady)}
+    return {"rollouts_per_s": n / statistics.median(steady), "step_s": statistics.median(steady),
+            "tokens_per_s": n * p["tokens"] / statistics.median(steady)}
 
 
 SIDES = {"rlhfkit": run_rlhfkit, "trl": run_trl}
