@@ -16,7 +16,8 @@ Each (side, setting) runs in its own subprocess, interleaved A B A B, `--repeats
 
 Per run: steady pairs/s (median step time, the first two and the last step left out; rlhfkit's steps are timed at
 the start of each objective call, TRL's at each step start by a callback), peak RSS of the process (ru_maxrss), and
-the RSS increase during training above the RSS just before it (imports and model load excluded; TRL imports more).
+and the training increase: high-water RSS at the start of the last step minus the RSS before the first step (imports,
+model load and rlhfkit's end-of-run checkpoint / save excluded; TRL imports more, so the process peaks differ more).
 Results: printed table + bench/results/bench_rm.json.
 """
 
@@ -109,11 +110,13 @@ def run_rlhfkit(p: dict) -> dict:
             if not starts:  # model loaded and prepared, optimizer built (its state is allocated lazily)
                 rss_at_start.append(_rss_mb())
             starts.append(time.perf_counter())
+            peaks.append(_peak_rss_mb())
             return objective(model, batch)
 
         return timed
 
     rss_at_start: list[float] = []
+    peaks: list[float] = []  # high-water RSS at each step's start: the last one covers every step but the last
     reward.reward_objective = timed_objective
     root = Path(p["root"])
     cfg = reward.RMConfig(
@@ -125,7 +128,7 @@ def run_rlhfkit(p: dict) -> dict:
         optim=OptimConfig(lr=1e-5, warmup_steps=0, schedule="constant"), out=str(root / f"rlhfkit-{time.time_ns()}"))
     summary = reward.run_rm_train(cfg)
     return {"step_s": _steady_step_s(starts[: p["steps"]]), "rss_before_train_mb": rss_at_start[0],
-            "steps_run": summary["step"]}
+            "peak_rss_in_training_mb": peaks[p["steps"] - 1], "steps_run": summary["step"]}
 
 
 def _trl_dataset(p: dict):
@@ -155,7 +158,9 @@ def run_trl(p: dict) -> dict:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             starts.append(time.perf_counter())
+            peaks.append(_peak_rss_mb())
 
+    peaks: list[float] = []
     dataset, tok = _trl_dataset(p)
     pairs_per_step = p["prompts_per_step"] * p["k"] * (p["k"] - 1) // 2
     args = RewardConfig(
@@ -168,7 +173,8 @@ def run_trl(p: dict) -> dict:
                             processing_class=tok, callbacks=[StepTimer()])
     rss0 = _rss_mb()  # model loaded, before the optimizer exists
     trainer.train()
-    return {"step_s": _steady_step_s(starts), "rss_before_train_mb": rss0, "steps_run": trainer.state.global_step}
+    return {"step_s": _steady_step_s(starts), "rss_before_train_mb": rss0,
+            "peak_rss_in_training_mb": peaks[-1], "steps_run": trainer.state.global_step}
 
 
 SIDES = {"rlhfkit": run_rlhfkit, "trl": run_trl}
@@ -183,7 +189,7 @@ def child(side: str, params_path: str, result_path: str) -> None:
     pairs_per_step = p["prompts_per_step"] * p["k"] * (p["k"] - 1) // 2
     out.update({"pairs_per_s": pairs_per_step / out["step_s"], "peak_rss_mb": _peak_rss_mb(),
                 "threads": torch.get_num_threads()})
-    out["train_rss_increase_mb"] = out["peak_rss_mb"] - out["rss_before_train_mb"]
+    out["train_rss_increase_mb"] = out["peak_rss_in_training_mb"] - out["rss_before_train_mb"]
     Path(result_path).write_text(json.dumps(out))
 
 
