@@ -213,11 +213,18 @@ def test_each_loss_runs_one_step_through_the_cli(loss, model_dir, tmp_path):
     write_jsonl(data, [{"prompt": f"{s} was", "responses": [" good", " bad", " so bad"], "ranking": [0, 1, 2]}
                        for s in SUBJECTS])
     out = tmp_path / loss
-    extra = ["--loss", loss, "--tau", "0.2", "--alpha", "0.5", "--label-smoothing", "0.2", "--ref-mode", "per_step",
-             "--lora.r", "4"] if loss != "dpo" else ["--loss", "dpo"]
+    # each loss also takes one of the reference set-ups: cached / per step, full fine-tuning / LoRA
+    setups = {"dpo": [], "ipo": ["--ref-mode", "per_step"], "cdpo": ["--lora.r", "4"],
+              "preferred_ft": ["--lora.r", "4", "--ref-mode", "per_step"], "unlikelihood": []}
+    extra = ["--loss", loss, "--tau", "0.2", "--alpha", "0.5", "--label-smoothing", "0.2", *setups[loss]]
     assert cli.main(_run_args(model_dir, data, out, *extra)) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["loss"] == loss and summary["step"] == 1 and summary["pairs"] == 6 * 3
+    assert summary["ref_cache"] == ("per_step" if "per_step" in setups[loss] else "miss")
+    # the one step's loss is taken before the update, at policy == reference: log 2 for (c)DPO, 1/(4 tau^2) for IPO
+    at_init = {"dpo": math.log(2), "cdpo": math.log(2), "ipo": 1 / (4 * 0.2**2)}
+    if loss in at_init:
+        assert summary["train"]["train/loss"] == pytest.approx(at_init[loss], rel=1e-4)
     assert math.isfinite(summary["train"]["train/loss"])
 
 

@@ -50,6 +50,7 @@ from rlhfkit import losses, ops
 from rlhfkit.config import DataConfig, LoRAConfig, ModelConfig, OptimConfig, TrainConfig
 from rlhfkit.data import Encoded, TokenBatch, collate, encode_pair, ranking_to_pairs, split_train_eval
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models import is_peft
 from rlhfkit.tracking import Run, say
 
 LossName = Literal["dpo", "ipo", "cdpo", "preferred_ft", "unlikelihood"]
@@ -172,7 +173,7 @@ def response_token_logps(model: Any, batch: TokenBatch) -> tuple[torch.Tensor, t
     Returns (token_logps, mask), both (N, K-1) with K = T - s + 1, s = the earliest response column: the LM
     head runs only on the last K positions (`logits_to_keep`), so prompt tokens never reach it.
     """
-    first = int(batch.loss_mask.argmax(-1).min())  # earliest response column s >= 1
+    first = max(1, int(batch.loss_mask.argmax(-1).min()))  # earliest response column s (token 0 is never scored)
     keep = batch.input_ids.shape[1] - first + 1
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep,
                    use_cache=False).logits  # (N, K, V); no KV cache to build in a full-sequence pass
@@ -204,8 +205,6 @@ class Reference:
         """The reference model, in eval mode, under no_grad (adapter disabled when it is the LoRA policy)."""
         policy = getattr(self.policy, "module", self.policy)  # unwrap DDP
         target = self.frozen if self.frozen is not None else policy
-        from rlhfkit.models import is_peft
-
         adapter = policy.disable_adapter() if self.frozen is None and is_peft(policy) else contextlib.nullcontext()
         with torch.no_grad(), eval_mode(target), adapter:
             yield target
@@ -313,16 +312,16 @@ def compute_ref_logps(pairs: list[Pair], reference: Reference, pad_id: int, batc
 
 
 def attach_ref_logps(pairs: list[Pair], reference: Reference, pad_id: int, batch_size: int, device: Any,
-                     cache_path: Path | None) -> str:
-    """Fill every pair's ref_logps from `cache_path` when its key matches, else compute and store them.
-    Returns "hit" or "miss"."""
+                     cache_path: Path | None, write: bool = True) -> str:
+    """Fill every pair's ref_logps from `cache_path` when its key matches, else compute them (and store them
+    there when `write`: only the main process writes). Returns "hit" or "miss"."""
     key = cache_key(pairs, reference)
     cached = torch.load(cache_path) if cache_path is not None and cache_path.exists() else None
     if cached is not None and cached.get("key") == key:
         logps, status = cached["logps"], "hit"
     else:
         logps, status = compute_ref_logps(pairs, reference, pad_id, batch_size, device), "miss"
-        if cache_path is not None:
+        if cache_path is not None and write:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"key": key, "logps": logps}, cache_path)
     for pair, row in zip(pairs, logps.tolist()):
@@ -395,7 +394,7 @@ def train_round(s: Setup, train_pairs: list[Pair], eval_pairs: list[Pair], run: 
     ref_cache, t0 = "per_step", time.time()
     if cfg.ref_mode == "cached":
         ref_cache = attach_ref_logps(train_pairs + eval_pairs, s.reference, pad, cfg.train.batch_size,
-                                     s.accelerator.device, run.dir / "ref_logps.pt")
+                                     s.accelerator.device, run.dir / "ref_logps.pt", s.accelerator.is_main_process)
     ref_seconds = time.time() - t0
     prompt_ids = kl_prompt_ids(s.tokenizer, kl_prompts, cfg.kl_prompts, cfg.train.seed)
     evaluate = None
