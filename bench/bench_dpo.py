@@ -15,8 +15,8 @@ step end by a callback, rlhfkit's at the start of each objective call; logging i
 pairs per CPU-second (the fair figure when other processes share the cores), the reference precompute
 seconds, peak memory (CUDA: max_memory_allocated; CPU: peak RSS above the RSS after
 importing torch, transformers, trl and rlhfkit in the same process) and the fraction of the measured fp32 torch.mm
-throughput achieved (on CPU both by CPU time: mm best of 20 multiplies, steps by pairs per CPU-second), with FLOPs ~ 6 x non-embedding params x tokens per step for training plus 2 x for a
-per-step reference forward.
+throughput achieved (on CPU both by CPU time: mm best of 20 multiplies, steps by pairs per CPU-second),
+with FLOPs ~ 6 x non-embedding params x tokens per step for training plus 2 x for a per-step reference forward.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def run_rlhfkit(root: Path, setting: str, steps: int, batch: int, threads: int, 
     from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
     from rlhfkit.dpo import DPOConfig, run_dpo
 
-    starts: list[tuple[float, float]] = []  # one objective call per optimizer step (grad_accum 1): its start times the step
+    starts: list[tuple[float, float]] = []  # one objective call per step (grad_accum 1) times the step
     make_objective = dpo.preference_objective
 
     def timed_objective(*a, **k):
@@ -239,7 +239,8 @@ def report(results: dict, sizes: dict, gflops: float, args, device: str) -> None
         wall = statistics.median(r["pairs_per_s"] for r in runs)
         pps = statistics.median(r["pairs_per_cpu_s"] for r in runs)
         peak = max(r["peak_mb"] for r in runs)
-        flops_per_pair = (6 + (2 if key.endswith("per_step") else 0)) * sizes["non_embedding_params"] * tokens / args.batch
+        flops_per_token = (6 + (2 if key.endswith("per_step") else 0)) * sizes["non_embedding_params"]
+        flops_per_pair = flops_per_token * tokens / args.batch
         frac = pps * flops_per_pair / (gflops["cpu" if device == "cpu" else "wall"] * 1e9)
         ref = [round(r.get("ref_seconds", r.get("init_seconds_incl_ref", 0.0)), 2) for r in runs]
         summary["table"][key] = {"pairs_per_s": wall, "pairs_per_cpu_s": pps, "peak_mb": peak, "mm_fraction": frac}

@@ -397,11 +397,11 @@ def train_round(s: Setup, train_pairs: list[Pair], eval_pairs: list[Pair], run: 
                                      s.accelerator.device, run.dir / "ref_logps.pt", s.accelerator.is_main_process)
     ref_seconds = time.time() - t0
     prompt_ids = kl_prompt_ids(s.tokenizer, kl_prompts, cfg.kl_prompts, cfg.train.seed)
-    evaluate = None
-    if prompt_ids:
-        evaluate = lambda policy: sampled_kl(policy, s.reference, prompt_ids, s.tokenizer, cfg, cfg.train.seed)  # noqa: E731
+    def evaluate(policy: Any) -> dict[str, float]:
+        return sampled_kl(policy, s.reference, prompt_ids, s.tokenizer, cfg, cfg.train.seed)
+
     result = fit(s.objective, s.model, train_pairs, lambda chunk: collate_pairs(chunk, pad), cfg.train, cfg.optim,
-                 run, s.accelerator, eval_examples=eval_pairs or None, evaluate=evaluate)
+                 run, s.accelerator, eval_examples=eval_pairs or None, evaluate=evaluate if prompt_ids else None)
     pairs_seen = result.step * cfg.train.batch_size * cfg.train.grad_accum * s.accelerator.num_processes
     return {"loss": cfg.loss, "beta": cfg.beta, "tau": cfg.tau, "label_smoothing": cfg.label_smoothing,
             "alpha": cfg.alpha, "step": result.step, "status": result.status, "eval": result.eval_metrics,
