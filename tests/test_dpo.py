@@ -237,7 +237,7 @@ def test_online_dpo_two_rounds_keeps_each_round(model_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"prompt": f"{s} was"} for s in SUBJECTS])
     out = tmp_path / "online"
-    args = ["dpo", "--online", "--rounds", "2", "--prompts", str(prompts), "--judge", "test_dpo:count_good",
+    args = ["dpo", "--online", "--rounds", "2", "--prompts", str(prompts), "--judge", f"{__name__}:count_good",
             "--model.name", str(model_dir), "--samples-per-prompt", "3", "--max-new-tokens", "6",
             "--train.max-steps", "1", "--train.batch-size", "4", "--train.progress", "False",
             "--data.eval-fraction", "0.25", "--kl-prompts", "2", "--kl-samples", "1", "--out", str(out)]
