@@ -511,7 +511,7 @@ def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
     """Train; returns a summary (first/last score and KL, final beta, timings, paths)."""
     from tqdm.auto import tqdm
 
-    from rlhfkit.loop import load_latest_checkpoint, make_accelerator, save_checkpoint
+    from rlhfkit.loop import load_latest_checkpoint, make_accelerator, save_checkpoint, save_snapshot
     from rlhfkit.models import save_model
 
     check_config(cfg)
@@ -540,6 +540,8 @@ def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
                                                                    "kl_coef": tr.controller.value,
                                                                    "first": first},
                             keep=cfg.train.keep_checkpoints)
+        if cfg.train.snapshot_every and (done % cfg.train.snapshot_every == 0 or done == steps):
+            save_snapshot(accelerator, tr.inner.policy, tr.tokenizer, run.dir, done)
         if out_of_time:
             status = "time_limit"
             break
