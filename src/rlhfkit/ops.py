@@ -52,19 +52,20 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, chunk_size: in
     Works in chunks of tokens so no full (B, T, V) fp32 log-softmax copy is ever held: the memory peak is
     one (chunk, V) fp32 block beyond the logits themselves.
     """
-    logits = logits[:, :-1]  # (B, T-1, V)
-    labels = input_ids[:, 1:]  # (B, T-1)
-    B, T1, V = logits.shape
-    flat_logits = logits.reshape(B * T1, V)
-    flat_labels = labels.reshape(B * T1)
+    B, T, V = logits.shape
+    if T < 2:
+        return logits.new_zeros((B, 0), dtype=torch.float32)
+    # Flatten all T positions, not logits[:, :-1]: that slice is non-contiguous, so reshaping it copied the whole
+    # (B, T-1, V) tensor (and autograd kept the copy alive). The last position gets a placeholder label and is
+    # dropped at the end.
+    flat_logits = logits.reshape(B * T, V)  # a view for contiguous logits
+    flat_labels = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1).reshape(B * T)  # (B*T,)
     out = []
-    for start in range(0, B * T1, chunk_size):
+    for start in range(0, B * T, chunk_size):
         block = flat_logits[start : start + chunk_size].float()  # (chunk, V)
         picked = block.gather(-1, flat_labels[start : start + chunk_size, None]).squeeze(-1)
         out.append(picked - torch.logsumexp(block, dim=-1))
-    if not out:
-        return logits.new_zeros((B, T1), dtype=torch.float32)
-    return torch.cat(out).view(B, T1)
+    return torch.cat(out).view(B, T)[:, :-1]
 
 
 def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
