@@ -238,7 +238,9 @@ def main() -> None:
                           f"load {res['load1_before']:.2f}", file=sys.stderr, flush=True)
     for (setting, side), rs in runs.items():
         med = lambda key: statistics.median(x[key] for x in rs)  # noqa: E731
-        rows.append({"setting": setting, "side": side, "pairs_per_s": med("pairs_per_s"), "step_s": med("step_s"),
+        pairs = settings[setting]["prompts_per_step"] * settings[setting]["k"] * (settings[setting]["k"] - 1) // 2
+        # pairs/s from the median step time (robust to one disturbed repeat), not a median of rates
+        rows.append({"setting": setting, "side": side, "pairs_per_s": pairs / med("step_s"), "step_s": med("step_s"),
                      "peak_rss_mb": med("peak_rss_mb"), "train_rss_increase_mb": med("train_rss_increase_mb"),
                      "load1": [min(x["load1_before"] for x in rs), max(x["load1_before"] for x in rs)]})
     for setting in settings:

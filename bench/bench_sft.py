@@ -11,6 +11,7 @@ default to on in TRL 1.16 and make it ~17x slower on a CPU without bf16 units. E
 default optimizer implementation (recorded in the output).
 
 Figures: steady-state median tokens/s (real, non-padding tokens; steps after `warmup`, timed start to start),
+tokens per CPU-second of the side's process (steadier than wall time when other processes share the cores),
 peak RSS of the side's own process, the RSS increase during training, and the achieved fraction of the fp32
 matmul roofline at 6 x non-embedding params per token (forward + backward). Pretrain (packed blocks, every
 token trained) is measured for rlhfkit alone.
@@ -167,7 +168,7 @@ def prepare(args: Args, root: Path) -> dict:
             "pretrain_blocks": len(blocks)}
 
 
-KEYS = ("tokens_per_s", "tokens_per_s_pooled", "step_s", "tokens_per_step", "peak_rss_mb", "train_rss_increase_mb",
+KEYS = ("tokens_per_s", "tokens_per_s_pooled", "tokens_per_cpu_s", "step_s", "tokens_per_step", "peak_rss_mb", "train_rss_increase_mb",
         "rss_at_train_start_mb", "cuda_peak_mb", "n_nonembed")
 
 
@@ -192,11 +193,12 @@ def run(args: Args) -> dict:
         ratio = {k: rows[0][k] / rows[1][k] for k in ("tokens_per_s", "peak_rss_mb", "train_rss_increase_mb")
                  if rows[0].get(k) and rows[1].get(k)}
         ratio["tokens_per_s_paired"] = common.paired_ratio(runs, "rlhfkit", "trl")
+        ratio["tokens_per_cpu_s_paired"] = common.paired_ratio(runs, "rlhfkit", "trl", "tokens_per_cpu_s")
     return {"args": vars(args), "data": {k: v for k, v in data.items() if not k.endswith("_data") and k != "model"},
             "n_nonembed": n, "flops_per_token": "6 x non-embedding params (forward + backward)", "roofline": roof, "rows": rows, "ratio_rlhfkit_over_trl": ratio, "runs": runs}
 
 
-COLUMNS = ("benchmark", "side", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "step_s", "peak_rss_mb",
+COLUMNS = ("benchmark", "side", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "tokens_per_cpu_s", "peak_rss_mb",
            "train_rss_increase_mb", "roofline_gflops", "roofline_6N", "threads", "load1_range")
 
 

@@ -126,22 +126,26 @@ class StepClock:
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
         self.tokens: list[int] = []
 
     def tick(self, tokens: int) -> None:
         self.times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())
         self.tokens.append(int(tokens))
 
     def steady(self, warmup: int) -> dict[str, float]:
-        """Median tokens/s and step time over steps >= warmup; also the pooled rate over the same steps."""
+        """Median tokens/s and step time over steps >= warmup; the pooled rate over the same steps; and tokens
+        per CPU-second of this process (with 1 thread, much less sensitive to other processes than wall time)."""
         durations = [b - a for a, b in zip(self.times, self.times[1:])][warmup:]
+        cpu = [b - a for a, b in zip(self.cpu_times, self.cpu_times[1:])][warmup:]
         tokens = self.tokens[warmup : warmup + len(durations)]
         if not durations:
             raise BenchError(f"no steady steps: {len(self.times)} steps timed, warmup {warmup}")
         rates = [n / d for n, d in zip(tokens, durations)]
         return {"tokens_per_s": statistics.median(rates), "step_s": statistics.median(durations),
-                "tokens_per_s_pooled": sum(tokens) / sum(durations), "steady_steps": len(durations),
-                "tokens_per_step": statistics.mean(tokens)}
+                "tokens_per_s_pooled": sum(tokens) / sum(durations), "tokens_per_cpu_s": sum(tokens) / sum(cpu),
+                "steady_steps": len(durations), "tokens_per_step": statistics.mean(tokens)}
 
 
 # ------------------------------------------------------------------------------------------- subprocesses

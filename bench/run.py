@@ -4,9 +4,9 @@
     python bench/run.py sft dpo         # only bench_sft.py and bench_dpo.py
     python bench/run.py sft -- --repeats 5 --threads 2    # arguments after -- go to every benchmark
 
-Each benchmark runs as its own process (a failure is reported and the others still run). Its results are the
-JSON files it writes into bench/results/ while it runs; the rows of each (`"rows": [...]`, as
-`common.write_result` callers produce) go into the combined table. Exit status 1 if any benchmark failed.
+Each benchmark runs as its own process (a failure is reported and the others still run). Its results are
+bench/results/<name>.json or bench/results/bench_<name>.json, if it (re)wrote them while it ran; the rows of each (`"rows": [...]`, as
+`common.write_result` callers produce, or a `"table": {side: {...}}`) go into the combined table. Exit status 1 if any benchmark failed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-COLUMNS = ("bench", "benchmark", "side", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "peak_rss_mb",
+COLUMNS = ("bench", "benchmark", "setting", "side", "tokens_per_s", "tokens_per_cpu_s", "pairs_per_s", "peak_rss_mb",
            "train_rss_increase_mb", "roofline_6N", "threads", "load1_range")
 
 
@@ -46,12 +46,13 @@ def run_bench(script: Path, extra: list[str]) -> dict:
     # offline, passive OpenMP, 1 thread for the benchmark's own parent; it sets its sides' threads itself
     proc = subprocess.run([sys.executable, str(script), *extra], env=common.child_env(threads=1))
     seconds = time.time() - start
-    results = sorted(p for p in common.RESULTS_DIR.glob("*.json")
-                     if p.name != "summary.json" and p.stat().st_mtime >= start - 1)
+    names = {script.stem, script.stem.removeprefix("bench_")}  # results/sft.json or results/bench_sft.json
+    results = sorted(p for p in common.RESULTS_DIR.glob("*.json") if p.stem in names and p.stat().st_mtime >= start)
     rows = []
     for path in results:
         data = json.loads(path.read_text())
-        rows += [{"bench": data.get("name", path.stem), **row} for row in data.get("rows", [])]
+        found = data.get("rows") or [{"side": key, **row} for key, row in data.get("table", {}).items()]
+        rows += [{"bench": data.get("name", path.stem), **row} for row in found if isinstance(row, dict)]
     if proc.returncode != 0 or not rows:
         status = f"failed (exit {proc.returncode})" if proc.returncode else "wrote no rows"
         rows.append({"bench": script.stem.removeprefix("bench_"), "benchmark": status})
