@@ -92,7 +92,7 @@ def _rlhfkit_fit(params: dict, data_key: str, batch_size: int, lr: float) -> dic
         result = fit(timed_objective, model, examples, lambda ex: collate(ex, pad), train_cfg,
                      OptimConfig(lr=lr), Run(run_dir), accelerator)
     return {**clock.steady(params["warmup"]), "final_loss": result.last_metrics.get("train/loss"),
-            "optimizer": "torch.optim.AdamW (foreach default)", "n_nonembed": common.non_embedding_params(model)}
+            "optimizer": "torch.optim.AdamW (torch default: single-tensor on CPU)", "n_nonembed": common.non_embedding_params(model)}
 
 
 def rlhfkit_sft(params: dict) -> dict:
