@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -173,6 +173,11 @@ KEYS = ("tokens_per_s", "tokens_per_s_pooled", "tokens_per_cpu_s", "step_s", "to
 
 
 def run(args: Args) -> dict:
+    import importlib.util
+
+    if args.trl and importlib.util.find_spec("trl") is None:
+        print("trl is not installed (pip install -e '.[bench]'); measuring rlhfkit alone", file=sys.stderr)
+        args = replace(args, trl=False)
     sides = ["rlhfkit"] + (["trl"] if args.trl else []) + (["rlhfkit_pretrain"] if args.pretrain else [])
     with tempfile.TemporaryDirectory(prefix="rlhfkit-bench-sft-") as tmp:
         data = prepare(args, Path(tmp))
