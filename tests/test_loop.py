@@ -140,3 +140,14 @@ def test_bare_boolean_flags_mean_true():
 
     cfg = parse(SFTConfig, ["--train.resume", "--train.progress", "False", "--out", "x"])
     assert cfg.train.resume is True and cfg.train.progress is False and cfg.out == "x"
+
+
+def test_time_limit_stops_with_a_checkpoint_and_a_final_evaluation(tmp_path, tiny_tokenizer, tiny_model):
+    cfg = TrainConfig(batch_size=4, max_steps=10_000, max_minutes=0.0, eval_every=10**9, save_every=10**9,
+                      progress=False)
+    examples = examples_for(tiny_tokenizer)
+    result = fit(lm_objective, tiny_model, examples, lambda ex: collate(ex, 2), cfg, OptimConfig(),
+                 Run(tmp_path / "run", cfg), eval_examples=examples[:8])
+    assert result.status == "time_limit" and result.step == 1
+    assert "eval/loss" in result.eval_metrics
+    assert [d.name for d in checkpoint_dirs(tmp_path / "run")] == ["step-0000001"]

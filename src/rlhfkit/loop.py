@@ -270,13 +270,14 @@ def _train(objective, model, optimizer, scheduler, train, collate, cfg, optim, r
             run.log(done, {**avg, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
                            "perf/tokens_per_s": tokens / max(elapsed, 1e-9)})
             window = []
-        if eval_examples is not None and (done % cfg.eval_every == 0 or done == steps):
+        out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
+        last = done == steps or out_of_time
+        if eval_examples is not None and (done % cfg.eval_every == 0 or last):
             result.eval_metrics = _eval(objective, model, eval_examples, collate, cfg, accelerator, evaluate)
             run.log(done, result.eval_metrics)
-        if cfg.snapshot_every and (done % cfg.snapshot_every == 0 or done == steps):
+        if cfg.snapshot_every and (done % cfg.snapshot_every == 0 or last):
             save_snapshot(accelerator, model, tokenizer, run.dir, done)
-        out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
-        if done % cfg.save_every == 0 or done == steps or out_of_time:
+        if done % cfg.save_every == 0 or last:
             save_checkpoint(accelerator, run.dir, done, keep=cfg.keep_checkpoints)
         if out_of_time:
             result.status = "time_limit"
