@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/rlhfkit experiment sentiment --preset tiny
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not postgres or postgres" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
