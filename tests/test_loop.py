@@ -140,6 +140,8 @@ def test_bare_boolean_flags_mean_true():
 
     cfg = parse(SFTConfig, ["--train.resume", "--train.progress", "False", "--out", "x"])
     assert cfg.train.resume is True and cfg.train.progress is False and cfg.out == "x"
+    cfg = parse(SFTConfig, ["--train.no-progress", "--lora.no-merge"])
+    assert cfg.train.progress is False and cfg.lora.merge is False
 
 
 def test_time_limit_stops_with_a_checkpoint_and_a_final_evaluation(tmp_path, tiny_tokenizer, tiny_model):

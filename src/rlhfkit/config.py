@@ -216,13 +216,20 @@ def parse(cls: type[T], argv: list[str] | None = None, prog: str | None = None, 
 
 
 def _bare_flags(argv: list[str]) -> list[str]:
-    """`--train.resume` alone means `--train.resume True`: a flag with no value is a boolean switched on (every
-    other option takes a value, so a valueless non-boolean still fails with tyro's message)."""
+    """A flag with no value is a boolean: `--train.resume` means `--train.resume True` and `--no-eos-penalty`
+    (or `--train.no-resume`) means `... False`. Every other option takes a value, so a valueless non-boolean
+    still fails with tyro's message."""
     out = []
     for i, arg in enumerate(argv):
-        out.append(arg)
-        if arg.startswith("--") and arg not in ("--help", "-h") and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-            out.append("True")
+        bare = arg.startswith("--") and arg != "--help" and (i + 1 == len(argv) or argv[i + 1].startswith("--"))
+        if not bare:
+            out.append(arg)
+            continue
+        head, _, name = arg[2:].rpartition(".")
+        if name.startswith("no-") or name.startswith("no_"):
+            out += ["--" + (head + "." if head else "") + name[3:], "False"]
+        else:
+            out += [arg, "True"]
     return out
 
 

@@ -510,18 +510,8 @@ def run_online(cfg: DPOConfig) -> dict[str, Any]:
     return finish(s, run, {**rounds[-1], "rounds": rounds, "online": True, "judge": cfg.judge})
 
 
-def _bare_flags(argv: list[str], flags: tuple[str, ...] = ("--online",)) -> list[str]:
-    """`--online` alone means `--online True` (the shared parser wants explicit booleans)."""
-    out = []
-    for i, arg in enumerate(argv):
-        out.append(arg)
-        if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-            out.append("True")
-    return out
-
-
 def main(argv: list[str]) -> int:
-    cfg = config_lib.parse(DPOConfig, _bare_flags(argv), prog="rlhfkit dpo")
+    cfg = config_lib.parse(DPOConfig, argv, prog="rlhfkit dpo")
     summary = run_online(cfg) if cfg.online else run_dpo(cfg)
     ev = summary.get("eval", {})
     say(f"dpo ({cfg.loss}): held-out accuracy {ev.get('eval/rewards/accuracy')}, margin "

@@ -555,8 +555,6 @@ def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    # `--no-eos-penalty` reads better than `--eos-penalty False` (config.parse keeps booleans explicit)
-    argv = [a for arg in argv for a in (["--eos-penalty", "False"] if arg == "--no-eos-penalty" else [arg])]
     summary = run_ppo(config_lib.parse(PPOConfig, argv, prog="rlhfkit ppo"))
     last = summary["last"]
     if last:
