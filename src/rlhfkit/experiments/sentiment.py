@@ -75,11 +75,11 @@ class SentimentConfig:
     """Pairs per DPO step."""
     dpo_lr: float = 5e-4
     """Learning rate of DPO and its baselines."""
-    ppo_steps: int = 30
+    ppo_steps: int = 40
     """PPO rollout batches."""
     ppo_batch_size: int = 16
     """Prompts per PPO rollout batch."""
-    ppo_lr: float = 1e-4
+    ppo_lr: float = 2e-4
     """PPO learning rate."""
     ppo_kl_coef: float = 0.05
     """PPO's initial KL coefficient (adaptive towards ppo_kl_target)."""
@@ -302,6 +302,7 @@ def train_ppo(exp: Experiment, m: Method, reward: str) -> dict:
         model=ModelConfig(name=exp.results["sft"]["model"]), lora=LoRAConfig(r=cfg.lora_r),
         prompts=str(exp.path("prompts_train.jsonl")), reward=reward, advantage="gae",
         max_new_tokens=cfg.max_new_tokens, min_new_tokens=_min_new(exp), minibatch_size=cfg.ppo_batch_size // 2,
+        eos_penalty=False,  # the paper scores every completion as it is; a penalty teaches the tiny model to stop early
         kl=KLConfig(coef=cfg.ppo_kl_coef, adaptive=True, target=cfg.ppo_kl_target, horizon=cfg.ppo_steps * 10),
         train=exp.train_cfg(batch_size=cfg.ppo_batch_size, max_steps=cfg.ppo_steps, save_every=10**9, log_every=1,
                             snapshot_every=_snapshot_every(cfg.ppo_steps, cfg.snapshots)),
