@@ -204,7 +204,7 @@ def main() -> None:
     p.add_argument("--completion-len", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("--out", default=None, help="write the results JSON here (default bench/results/dpo.json)")
     args = p.parse_args()
     import torch
 
@@ -250,8 +250,9 @@ def report(results: dict, sizes: dict, gflops: float, args, device: str) -> None
         print(f"{setting}: rlhfkit / TRL pairs/s = {a['pairs_per_s'] / b['pairs_per_s']:.2f}x wall, "
               f"{a['pairs_per_cpu_s'] / b['pairs_per_cpu_s']:.2f}x per CPU-second, "
               f"peak memory {a['peak_mb']:.0f} vs {b['peak_mb']:.0f} MB")
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=2))
+    path = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "dpo.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2))  # results/dpo.json is what bench/run.py collects
 
 
 if __name__ == "__main__":
