@@ -47,9 +47,9 @@ class SentimentConfig:
     """Cap on pretraining records (None: all)."""
     vocab_size: int = 4096
     """BPE vocabulary trained on the corpus."""
-    pretrain_steps: int = 500
+    pretrain_steps: int = 800
     """Pretraining optimizer steps (batch 32 x 64 tokens)."""
-    pretrain_minutes: float | None = 4.0
+    pretrain_minutes: float | None = 5.0
     """Stop pretraining after this long even if steps remain (a checkpoint is kept)."""
     sft_steps: int = 150
     """SFT optimizer steps on review (prefix, continuation) pairs."""
@@ -87,7 +87,7 @@ class SentimentConfig:
     """KL (nats) the adaptive controller aims at."""
     best_of: tuple[int, ...] = (2, 4, 8, 16)
     """N values of the best-of-N baseline (scored by the learned reward model)."""
-    snapshots: int = 3
+    snapshots: int = 6
     """Snapshots per training run evaluated for the frontier (plus the final model)."""
     kl_budget: float = 5.0
     """KL (nats) within which the per-method table compares best rewards."""
@@ -447,8 +447,8 @@ FIXED_STAGES: list[tuple[str, Callable[[Experiment], dict]]] = [
     ("sample", stage_sample), ("label", stage_label), ("reward_model", stage_reward_model),
 ]
 ESTIMATES = {  # seconds per stage on 2 CPU cores, used only for the ETA line
-    "tiny": {"corpus": 3, "pretrain": 240, "sft": 60, "prompts": 1, "sample": 30, "label": 2, "reward_model": 40,
-             "method": 60, "evaluate": 180, "report": 5},
+    "tiny": {"corpus": 3, "pretrain": 280, "sft": 55, "prompts": 1, "sample": 10, "label": 1, "reward_model": 30,
+             "method": 40, "evaluate": 150, "report": 2},
     "smoke": {"corpus": 3, "pretrain": 10, "sft": 5, "prompts": 1, "sample": 3, "label": 1, "reward_model": 5,
               "method": 8, "evaluate": 30, "report": 3},
     "smollm2": {"corpus": 3, "pretrain": 0, "sft": 600, "prompts": 1, "sample": 120, "label": 2,
