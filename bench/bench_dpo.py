@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from common import rss_mb as _rss_mb  # noqa: E402  (bench/ is the script's directory)
 
 WORDS = [f"w{i}" for i in range(500)]
 
@@ -84,12 +85,6 @@ def mm_gflops(threads: int, device: str, n: int = 1024, reps: int = 20) -> dict[
 
 
 # ---------------------------------------------------------------------------------------- one subprocess
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _peak_mb(device: str, rss_base: float) -> float:

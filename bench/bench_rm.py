@@ -34,6 +34,8 @@ import tempfile
 import time
 from itertools import combinations
 from pathlib import Path
+from common import rss_mb as _rss_mb  # noqa: E402
+from common import peak_rss_mb as _peak_rss_mb  # noqa: E402  (bench/ is the script's directory)
 
 WORDS = [f"w{i}" for i in range(500)]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,16 +75,8 @@ def make_assets(root: Path, prompt_len: int, response_len: int, n_prompts: int, 
     return {"params": count_parameters(model), "non_embedding_params": count_parameters(model) - embed}
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _steady_step_s(starts: list[float]) -> float:
