@@ -173,7 +173,7 @@ def load_yaml(cls: type[T], path: str | Path, base: T | None = None) -> T:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise RlhfkitError(f"{path}: expected a mapping of config keys at the top level")
-    merged = _deep_merge(to_dict(base) if base is not None else to_dict(cls()), data)
+    merged = _deep_merge(to_dict(base), data) if base is not None else data  # dacite fills field defaults
     return _from_dict(cls, merged, str(path))
 
 
@@ -205,7 +205,7 @@ def parse(cls: type[T], argv: list[str] | None = None, prog: str | None = None, 
     import tyro
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    base = default if default is not None else cls()
+    base = default if default is not None else _defaults(cls)
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
@@ -231,6 +231,13 @@ def _bare_flags(argv: list[str]) -> list[str]:
         else:
             out += [arg, "True"]
     return out
+
+
+def _defaults(cls: type[T]) -> T | None:
+    """cls() when every field has a default; None when some are required (tyro then asks for them)."""
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    return None if required else cls()
 
 
 def save(cfg: Any, path: str | Path) -> None:
