@@ -8,8 +8,10 @@ a sentiment scorer (here VADER, standing in for the paper's IMDb classifier) of 
     PPO with the learned reward, PPO with the gold reward (PPO-GT), preferred-FT, unlikelihood, best-of-N
     -> evaluate every snapshot of every run on held-out prompts -> report (frontier, beta vs KL, findings).
 
-Each stage writes `<out>/stages/<name>.json` when it finishes; a re-run skips finished stages, so a killed
-experiment resumes at the stage it was in. Departures from the paper: VADER instead of a trained classifier,
+Each stage writes `<out>/stages/<name>.json` when it finishes; a re-run skips finished stages, and the stage
+that was killed continues from its last checkpoint (every training stage runs with resume on).
+
+Departures from the paper: VADER instead of a trained classifier,
 Rotten Tomatoes snippets instead of IMDb, a pretrained-from-scratch tiny model instead of GPT-2 large.
 """
 
@@ -125,7 +127,8 @@ class Experiment:
         return self.dir.joinpath(*parts)
 
     def train_cfg(self, **kw: Any) -> TrainConfig:
-        base = dict(seed=self.cfg.seed, threads=self.cfg.threads, progress=False, log_every=10)
+        # resume=True: a stage killed mid-way continues from its last checkpoint when the experiment is rerun
+        base = dict(seed=self.cfg.seed, threads=self.cfg.threads, progress=False, log_every=10, resume=True)
         return TrainConfig(**{**base, **kw})
 
 
