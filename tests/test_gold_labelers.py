@@ -80,6 +80,18 @@ def test_identical_responses_are_dropped():
     assert counts["identical_dropped"] == 1 and counts["records"] == 2
 
 
+def test_empty_responses_are_dropped_and_counted():
+    cands = [{"prompt": "p", "responses": ["", "a", "bb"]}, {"prompt": "q", "responses": ["  ", "a"]}]
+    records, counts = auto.label_candidates(cands, length_score)
+    assert [(r["chosen"], r["rejected"]) for r in records] == [("bb", "a")]
+    assert counts["empty_dropped"] == 3 and counts["records"] == 1
+    ranked, counts = auto.label_candidates(cands, length_score, mode="rankings")
+    assert len(ranked) == 1 and ranked[0]["responses"] == ["a", "bb"] and ranked[0]["ranking"] == [1, 0]
+    assert ranked[0]["label"]["scores"] == [1.0, 2.0]
+    assert counts["empty_dropped"] == 2 and counts["too_few_responses"] == 1
+    validate(ranked[0], "rankings", ("test", None))
+
+
 def test_rankings_are_permutations_and_tied_rankings_dropped():
     records, counts = auto.label_candidates(_candidates(), length_score, mode="rankings")
     assert counts["ties_dropped"] == 1 and len(records) == 1

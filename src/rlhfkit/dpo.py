@@ -465,13 +465,11 @@ def sample_candidates(s: Setup, prompts: list[str], round_index: int) -> list[di
 
 
 def label_round(s: Setup, candidates: list[dict], round_index: int, scorer: Any) -> tuple[list[dict], dict]:
-    """Preference records for the round's candidates (empty responses cannot be pairs and are left out)."""
+    """Preference records for the round's candidates (the labeler drops and counts empty responses)."""
     from rlhfkit.labeling.auto import label_candidates
     from rlhfkit.labeling.gold import scorer_source
 
-    usable = [dict(c, responses=[r for r in c["responses"] if r.strip()]) for c in candidates]
-    usable = [c for c in usable if len(c["responses"]) >= 2]
-    records, counts = label_candidates(usable, scorer, "pairs", s.cfg.label_temperature,
+    records, counts = label_candidates(candidates, scorer, "pairs", s.cfg.label_temperature,
                                        s.cfg.train.seed + round_index, s.cfg.judge, scorer_source(s.cfg.judge))
     return records, dict(counts)
 

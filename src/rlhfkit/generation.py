@@ -235,7 +235,7 @@ def sample_main(argv: list[str]) -> int:
     records, blank = [], 0
     for i, prompt in enumerate(prompts):
         responses = [b.response for b in picked[i * cfg.num_samples: (i + 1) * cfg.num_samples]]
-        kept = [r for r in responses if r.strip()]  # a candidates file holds non-empty responses only
+        kept = [r for r in responses if r.strip()]  # nothing for a person (label serve) to rank in a blank
         blank += len(responses) - len(kept)
         if kept:
             records.append({"prompt": prompt, "responses": kept, "policy": policy})

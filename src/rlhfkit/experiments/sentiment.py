@@ -242,9 +242,7 @@ def stage_label(exp: Experiment) -> dict:
     from rlhfkit.labeling.gold import vader_score
 
     cands = read_records(exp.path("candidates.jsonl"), "candidates")
-    usable = [dict(c, responses=[r for r in c["responses"] if r.strip()]) for c in cands]
-    usable = [c for c in usable if len(c["responses"]) >= 2]
-    records, counts = label_candidates(usable, vader_score, "pairs", 0.0, exp.cfg.seed, "vader", "gold")
+    records, counts = label_candidates(cands, vader_score, "pairs", 0.0, exp.cfg.seed, "vader", "gold")
     return {"pairs": write_jsonl(exp.path("preferences.jsonl"), records), "counts": dict(counts)}
 
 

@@ -86,6 +86,9 @@ def _pair_records(cand: dict, scores: list[float], temperature: float, rng, labe
     """All C(K, 2) pairs of one candidate record, each ordered by a (noisy) preference."""
     records = []
     for i, j in itertools.combinations(range(len(scores)), 2):
+        if not cand["responses"][i].strip() or not cand["responses"][j].strip():
+            counts["empty_dropped"] += 1  # a policy may answer with EOS at once; an empty text cannot be a pair
+            continue
         if cand["responses"][i] == cand["responses"][j]:
             counts["identical_dropped"] += 1  # the same text twice: no preference to express
             continue
@@ -100,6 +103,13 @@ def _pair_records(cand: dict, scores: list[float], temperature: float, rng, labe
 
 
 def _ranking_record(cand: dict, scores: list[float], temperature: float, rng, label: dict, counts: Counter):
+    """One ranking of the non-empty responses (empty ones are left out and counted); ties drop the record."""
+    kept = [i for i, r in enumerate(cand["responses"]) if r.strip()]
+    counts["empty_dropped"] += len(cand["responses"]) - len(kept)
+    cand, scores = dict(cand, responses=[cand["responses"][i] for i in kept]), [scores[i] for i in kept]
+    if len(kept) < 2:
+        counts["too_few_responses"] += 1
+        return []
     if len(set(scores)) < len(scores):
         counts["ties_dropped"] += 1
         return []
