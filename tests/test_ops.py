@@ -62,8 +62,3 @@ def test_masked_reductions_by_hand():
     torch.testing.assert_close(w, torch.tensor([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), atol=1e-4, rtol=0)
     assert ops.masked_mean(x, torch.zeros_like(m)).item() == 0.0
 
-
-def test_gather_response():
-    v = torch.arange(12.0).view(2, 6)
-    got = ops.gather_response(v, torch.tensor([1, 4]), 3)
-    torch.testing.assert_close(got, torch.tensor([[1.0, 2.0, 3.0], [10.0, 11.0, 0.0]]))

@@ -333,15 +333,14 @@ def attach_ref_logps(pairs: list[Pair], reference: Reference, pad_id: int, batch
 def sampled_kl(policy: Any, reference: Reference, prompt_ids: list[list[int]], tokenizer: Any, cfg: DPOConfig,
                seed: int) -> dict[str, float]:
     """objective/kl: mean over samples y ~ pi of sum_t log pi(y_t) - log pi_ref(y_t) (stats.sequence_kl)."""
-    from rlhfkit.generation import response_logprobs, sample
+    from rlhfkit.generation import sample, sequence_logprob_sums
     from rlhfkit.stats import sequence_kl
 
     rollout = sample(policy, prompt_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.kl_samples,
                      cfg.max_new_tokens, temperature=1.0, seed=seed, batch_size=64)
-    with torch.no_grad(), eval_mode(policy):
-        policy_logps = response_logprobs(policy, rollout).sum(-1)  # (N,)
+    policy_logps = sequence_logprob_sums(policy, rollout)  # (N,); outside reference.model(): adapter enabled
     with reference.model() as ref:
-        ref_logps = response_logprobs(ref, rollout).sum(-1)  # (N,)
+        ref_logps = sequence_logprob_sums(ref, rollout)  # (N,)
     kl = sequence_kl((policy_logps - ref_logps).cpu().numpy())
     return {"objective/kl": kl.mean, "objective/kl_se": kl.se,
             "objective/response_length": float(rollout.lengths.float().mean())}

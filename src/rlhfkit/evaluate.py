@@ -17,11 +17,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
 
 from rlhfkit import stats
 from rlhfkit.data import encode_prompt, read_records
-from rlhfkit.generation import decode_responses, response_logprobs, sample
+from rlhfkit.generation import decode_responses, sample, sequence_logprob_sums
 
 Scorer = Callable[[list[str], list[str]], list[float]]
 
@@ -58,18 +57,6 @@ class PolicyEval:
                 "length": self.length, "n": self.reward.n}
 
 
-@torch.no_grad()
-def sequence_logratios(policy: Any, reference: Any, rollout: Any) -> torch.Tensor:
-    """sum_t log pi(y_t) - log pi_ref(y_t) over each response (N,), from forward passes with dropout off."""
-    was = policy.training, reference.training
-    policy.eval(), reference.eval()
-    try:
-        diff = response_logprobs(policy, rollout) - response_logprobs(reference, rollout)  # (N, A)
-    finally:
-        policy.train(was[0]), reference.train(was[1])
-    return (diff * rollout.response_mask).sum(-1)
-
-
 def evaluate_policy(policy: Any, reference: Any, tokenizer: Any, prompts: list[str], scorer: Scorer,
                     cfg: SamplingConfig = SamplingConfig(), seed: int = 0) -> PolicyEval:
     """Sample from `policy`, score with `scorer` (gold function or reward model), estimate KL to `reference`."""
@@ -80,7 +67,7 @@ def evaluate_policy(policy: Any, reference: Any, tokenizer: Any, prompts: list[s
     texts = decode_responses(tokenizer, rollout)
     rows = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     scores = [float(s) for s in scorer(rows, texts)]
-    logratios = sequence_logratios(policy, reference, rollout)
+    logratios = sequence_logprob_sums(policy, rollout) - sequence_logprob_sums(reference, rollout)  # (N,)
     return PolicyEval(stats.mean_ci(scores), stats.sequence_kl(logratios.tolist()),
                       float(rollout.lengths.float().mean()), rows, texts, scores)
 

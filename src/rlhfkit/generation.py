@@ -165,6 +165,17 @@ def response_logprobs(model: Any, rollout: Rollout, batch_size: int | None = Non
     return torch.cat(parts, 0) * rollout.response_mask.to(parts[0].device)
 
 
+@torch.no_grad()
+def sequence_logprob_sums(model: Any, rollout: Rollout) -> torch.Tensor:
+    """log model(y | x) summed over each response (N,), with dropout off; for KL estimates, not for training."""
+    was_training = model.training
+    model.eval()
+    try:
+        return response_logprobs(model, rollout).sum(-1)  # padding is already 0
+    finally:
+        model.train(was_training)
+
+
 def decode_responses(tokenizer: Any, rollout: Rollout) -> list[str]:
     """Response texts without EOS / padding."""
     texts = []

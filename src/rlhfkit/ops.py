@@ -76,14 +76,3 @@ def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: 
     """
     return masked_sum(token_logprobs(logits, input_ids), loss_mask[:, 1:], dim=-1)
 
-
-def gather_response(values: torch.Tensor, start: torch.Tensor, length: int) -> torch.Tensor:
-    """Slice `length` entries per row starting at per-row `start`: (B, T), (B,) -> (B, length).
-
-    Entries past the end of a row are filled with 0.
-    """
-    B, T = values.shape
-    idx = start[:, None] + torch.arange(length, device=values.device)[None, :]  # (B, length)
-    valid = idx < T
-    picked = values.gather(1, idx.clamp(max=T - 1))
-    return torch.where(valid, picked, torch.zeros_like(picked))
