@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from toy import WORDS, toy_texts  # noqa: E402,F401  (shared toy data; conftest is not importable by name)
+from toy import toy_texts  # noqa: E402  (shared toy data; conftest is not importable by name)
 
 
 @pytest.fixture(scope="session")

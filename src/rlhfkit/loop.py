@@ -220,7 +220,7 @@ def fit(
     (unwrapped) model, e.g. sampled KL, merged into the eval metrics. tokenizer: saved with snapshots.
     """
     accelerator = accelerator or make_accelerator(cfg)
-    P, rank = accelerator.num_processes, accelerator.process_index
+    P = accelerator.num_processes
     steps = total_steps(cfg, len(train), P)
     optimizer, scheduler = make_optimizer(model, optim, steps)
     model, optimizer = accelerator.prepare(model, optimizer)

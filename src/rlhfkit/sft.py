@@ -9,7 +9,7 @@ count only response / assistant tokens; full fine-tuning or LoRA (peft).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch

@@ -6,7 +6,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 from labeling_helpers import full_label, login, write_candidates
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
