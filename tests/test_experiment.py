@@ -37,6 +37,18 @@ def test_smoke_experiment_writes_a_report_with_every_method_on_the_frontier(smok
     assert "<script" not in html.lower()
 
 
+def test_finished_stages_keep_models_not_checkpoints_and_link_the_last_snapshot(smoke_run):
+    cfg, _ = smoke_run
+    out = Path(cfg.out)
+    assert not list(out.rglob("checkpoints")), "a finished stage's optimizer checkpoints should be deleted"
+    for run in (out / "runs").iterdir():
+        if not (run / "snapshots").is_dir():
+            continue
+        last = sorted((run / "snapshots").iterdir())[-1] / "model.safetensors"
+        final = run / "model" / "model.safetensors"
+        assert final.stat().st_ino == last.stat().st_ino, f"{run.name}: final model written twice"
+
+
 def test_rerun_skips_finished_stages(smoke_run, capsys):
     cfg, _ = smoke_run
     run_experiment(cfg)

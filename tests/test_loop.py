@@ -134,6 +134,22 @@ def test_snapshots_are_loadable_models_at_the_requested_steps(tmp_path, tiny_tok
     torch.testing.assert_close(last(input_ids=ids).logits, tiny_model(input_ids=ids).logits)
 
 
+def test_snapshot_count_spreads_over_the_real_step_count_and_the_final_model_reuses_the_last(
+        tmp_path, tiny_tokenizer, tiny_model):
+    from rlhfkit.loop import save_final_model, snapshot_dirs
+
+    cfg = TrainConfig(batch_size=4, max_steps=7, snapshots=3, save_every=100, progress=False)
+    result = fit(lm_objective, tiny_model, examples_for(tiny_tokenizer), lambda ex: collate(ex, 2), cfg,
+                 OptimConfig(), Run(tmp_path / "run", cfg), tokenizer=tiny_tokenizer)
+    assert [d.name for d in snapshot_dirs(tmp_path / "run")] == ["step-0000003", "step-0000006", "step-0000007"]
+    assert result.snapshot == tmp_path / "run" / "snapshots" / "step-0000007"
+    final = save_final_model(tiny_model, tiny_tokenizer, tmp_path / "run", result.snapshot)
+    assert (final / "model.safetensors").stat().st_ino == (result.snapshot / "model.safetensors").stat().st_ino
+    assert (final / "tokenizer.json").exists()
+    written = save_final_model(tiny_model, tiny_tokenizer, tmp_path / "other", None)  # no snapshot: a real save
+    assert (written / "model.safetensors").read_bytes() == (final / "model.safetensors").read_bytes()
+
+
 def test_bare_boolean_flags_mean_true():
     from rlhfkit.config import parse
     from rlhfkit.sft import SFTConfig

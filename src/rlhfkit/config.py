@@ -118,6 +118,8 @@ class TrainConfig:
     snapshot_every: int | None = None
     """Also save a loadable model (save_pretrained) every this many steps to <out>/snapshots/step-N, so the
     trajectory can be evaluated (e.g. the reward-vs-KL frontier); None: only the final model."""
+    snapshots: int | None = None
+    """Instead of snapshot_every: this many evenly spaced snapshots over the run, the last at its final step."""
     log_every: int = 10
     """Log metrics every this many optimizer steps."""
     seed: int = 0

@@ -408,15 +408,17 @@ def train_round(s: Setup, train_pairs: list[Pair], eval_pairs: list[Pair], run: 
             "pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "ref_cache": ref_cache,
             "pairs_sharing_first_token": sum(shares_first_token(p) for p in train_pairs),
             "pairs_per_s": pairs_seen / max(result.seconds, 1e-9), "seconds": result.seconds,
-            "ref_seconds": ref_seconds}
+            "ref_seconds": ref_seconds, "final_snapshot": str(result.snapshot) if result.snapshot else None}
 
 
 def finish(s: Setup, run: Run, summary: dict[str, Any]) -> dict[str, Any]:
-    from rlhfkit.models import save_model
+    from rlhfkit.loop import save_final_model
 
     summary["model"] = str(run.dir / "model")
     if s.accelerator.is_main_process:
-        save_model(s.accelerator.unwrap_model(s.model), s.tokenizer, run.dir / "model", merge_lora=s.cfg.lora.merge)
+        snapshot = summary.get("final_snapshot")
+        save_final_model(s.accelerator.unwrap_model(s.model), s.tokenizer, run.dir,
+                         Path(snapshot) if snapshot else None, s.cfg.lora.merge)
         run.write_json("summary.json", summary)
     run.close()
     return summary

@@ -40,6 +40,7 @@ class FitResult:
     eval_metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     tokens_per_second: float = 0.0
+    snapshot: Path | None = None  # the snapshot saved at `step` by this call (None if the last step saved none)
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
@@ -147,6 +148,26 @@ def save_snapshot(accelerator: Any, model: Any, tokenizer: Any, run_dir: Path, s
     return path
 
 
+def snapshot_interval(cfg: TrainConfig, steps: int) -> int | None:
+    """Steps between snapshots: from cfg.snapshots (a count) when set, else cfg.snapshot_every (None: none)."""
+    if cfg.snapshots:
+        return max(1, math.ceil(steps / cfg.snapshots))
+    return cfg.snapshot_every
+
+
+def save_final_model(model: Any, tokenizer: Any, run_dir: Path, snapshot: Path | None = None,
+                     merge_lora: bool = True) -> Path:
+    """The run's result at <run_dir>/model (call on the main process). `snapshot`: a snapshot this run saved of
+    these very weights (its last step); when the final save is merged like snapshots are, the snapshot's files
+    are hard-linked rather than written a second time (SmolLM2-135M is 0.5 GB per copy)."""
+    from rlhfkit.models import is_peft, link_model, save_model
+
+    out = Path(run_dir) / "model"
+    if snapshot is not None and Path(snapshot).is_dir() and (merge_lora or not is_peft(model)):
+        return link_model(snapshot, out)
+    return save_model(model, tokenizer, out, merge_lora=merge_lora)
+
+
 def snapshot_dirs(run_dir: Path) -> list[Path]:
     """Saved snapshots of a run, in step order."""
     root = Path(run_dir) / "snapshots"
@@ -241,6 +262,7 @@ def _train(objective, model, optimizer, scheduler, train, collate, cfg, optim, r
     bar = tqdm(total=steps, initial=start, disable=not (cfg.progress and accelerator.is_main_process),
                desc=run.dir.name, dynamic_ncols=True)
     t0, tokens, window, result = time.time(), 0, [], FitResult(step=start, status="done")
+    every = snapshot_interval(cfg, steps)
     model.train()
     for step in range(start, steps):
         micro = step_indices(cfg, len(train), step, P, rank)
@@ -275,8 +297,8 @@ def _train(objective, model, optimizer, scheduler, train, collate, cfg, optim, r
         if eval_examples is not None and (done % cfg.eval_every == 0 or last):
             result.eval_metrics = _eval(objective, model, eval_examples, collate, cfg, accelerator, evaluate)
             run.log(done, result.eval_metrics)
-        if cfg.snapshot_every and (done % cfg.snapshot_every == 0 or last):
-            save_snapshot(accelerator, model, tokenizer, run.dir, done)
+        snapshot_due = every is not None and (done % every == 0 or last)
+        result.snapshot = save_snapshot(accelerator, model, tokenizer, run.dir, done) if snapshot_due else None
         if done % cfg.save_every == 0 or last:
             save_checkpoint(accelerator, run.dir, done, keep=cfg.keep_checkpoints)
         if out_of_time:

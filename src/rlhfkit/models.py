@@ -205,5 +205,30 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path, merge_lora: bool
     return out_dir
 
 
+def link_model(src: str | Path, out_dir: str | Path) -> Path:
+    """A second name for a saved model directory: its files hard-linked (copied across file systems) into
+    `out_dir`, via a temp dir and a rename like save_model. save_model never rewrites a file in place, so
+    the two names cannot drift apart."""
+    import shutil
+
+    src, out_dir = Path(src), Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=_link_or_copy)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def count_parameters(model: Any, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

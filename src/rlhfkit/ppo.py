@@ -510,8 +510,8 @@ def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
     """Train; returns a summary (first/last score and KL, final beta, timings, paths)."""
     from tqdm.auto import tqdm
 
-    from rlhfkit.loop import load_latest_checkpoint, make_accelerator, save_checkpoint, save_snapshot
-    from rlhfkit.models import save_model
+    from rlhfkit.loop import (load_latest_checkpoint, make_accelerator, save_checkpoint, save_final_model,
+                              save_snapshot, snapshot_interval)
 
     check_config(cfg)
     accelerator = make_accelerator(cfg.train)
@@ -525,7 +525,8 @@ def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
     run.truncate_metrics(start)  # a fresh run in an old directory starts a fresh log; a resumed one re-logs
     say(f"ppo: {len(tr.prompts)} prompts, {cfg.advantage} advantages, {steps} steps of "
         f"{cfg.train.batch_size} x {cfg.group_size} completions, reward {cfg.reward}")
-    t0, status, metrics, done = time.time(), "done", {}, start
+    t0, status, metrics, done, snapshot = time.time(), "done", {}, start, None
+    every = snapshot_interval(cfg.train, steps)
     bar = tqdm(range(start, steps), disable=not (cfg.train.progress and accelerator.is_main_process),
                desc=run.dir.name, dynamic_ncols=True)
     for step in bar:
@@ -539,15 +540,15 @@ def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
                                                                    "kl_coef": tr.controller.value,
                                                                    "first": first},
                             keep=cfg.train.keep_checkpoints)
-        if cfg.train.snapshot_every and (done % cfg.train.snapshot_every == 0 or done == steps):
-            save_snapshot(accelerator, tr.inner.policy, tr.tokenizer, run.dir, done)
+        snapshot_due = every is not None and (done % every == 0 or done == steps or out_of_time)
+        snapshot = save_snapshot(accelerator, tr.inner.policy, tr.tokenizer, run.dir, done) if snapshot_due else None
         if out_of_time:
             status = "time_limit"
             break
     summary = {"step": done, "status": status, "first": first, "last": metrics, "kl_coef": tr.controller.value,
                "seconds": time.time() - t0, "model": str(run.dir / "model")}
     if accelerator.is_main_process:
-        save_model(tr.inner.policy, tr.tokenizer, run.dir / "model", merge_lora=cfg.lora.merge)
+        save_final_model(tr.inner.policy, tr.tokenizer, run.dir, snapshot, cfg.lora.merge)
         run.write_json("summary.json", summary)
     run.close()
     return summary

@@ -88,8 +88,8 @@ def perplexity(eval_metrics: dict[str, float]) -> float:
 
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer + model; returns a summary (held-out perplexity, tokens/s, paths)."""
-    from rlhfkit.loop import fit, make_accelerator
-    from rlhfkit.models import load_causal_lm, load_tokenizer, save_model, train_bpe_tokenizer
+    from rlhfkit.loop import fit, make_accelerator, save_final_model
+    from rlhfkit.models import load_causal_lm, load_tokenizer, train_bpe_tokenizer
 
     train_recs, eval_recs = load_train_eval(cfg.data, "corpus", cfg.train.seed)  # bad data fails before any work
     accelerator = make_accelerator(cfg.train)
@@ -110,7 +110,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                "perplexity": perplexity(result.eval_metrics), "tokens_per_s": result.tokens_per_second,
                "seconds": result.seconds, "model": str(run.dir / "model")}
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, run.dir / "model")
+        save_final_model(accelerator.unwrap_model(model), tokenizer, run.dir, result.snapshot)
         run.write_json("summary.json", summary)
     run.close()
     return summary
@@ -118,8 +118,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
 def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     """Fine-tune on response tokens only; returns a summary (held-out loss, truncation counts, paths)."""
-    from rlhfkit.loop import fit, make_accelerator
-    from rlhfkit.models import apply_lora, load_causal_lm, save_model
+    from rlhfkit.loop import fit, make_accelerator, save_final_model
+    from rlhfkit.models import apply_lora, load_causal_lm
 
     train_recs, eval_recs = load_train_eval(cfg.data, "sft", cfg.train.seed)  # bad data fails before any work
     accelerator = make_accelerator(cfg.train)
@@ -135,7 +135,7 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
                "truncation": stats.as_dict(), "tokens_per_s": result.tokens_per_second, "seconds": result.seconds,
                "model": str(run.dir / "model")}
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, run.dir / "model", merge_lora=cfg.lora.merge)
+        save_final_model(accelerator.unwrap_model(model), tokenizer, run.dir, result.snapshot, cfg.lora.merge)
         run.write_json("summary.json", summary)
     run.close()
     return summary

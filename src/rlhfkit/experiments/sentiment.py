@@ -18,8 +18,8 @@ Rotten Tomatoes snippets instead of IMDb, a pretrained-from-scratch tiny model i
 from __future__ import annotations
 
 import json
-import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +95,9 @@ class SentimentConfig:
     """KL (nats) within which the per-method table compares best rewards."""
     lora_r: int = 0
     """LoRA rank for SFT, DPO and PPO (0: full fine-tuning; used by the smollm2 preset on small machines)."""
+    keep_checkpoints: bool = False
+    """Keep each finished stage's resumable checkpoints (model + optimizer state, ~4x the model on disk). By
+    default they are deleted once the stage is done: a finished stage is never re-run, its models stay."""
 
 
 PRESETS: dict[str, SentimentConfig] = {
@@ -146,8 +149,17 @@ def run_stage(exp: Experiment, name: str, fn: Callable[[Experiment], dict], inde
     result = {"name": name, **fn(exp), "seconds": time.time() - t0, "status": "done"}
     done_file.parent.mkdir(parents=True, exist_ok=True)
     done_file.write_text(json.dumps(result, indent=2))
+    if not exp.cfg.keep_checkpoints:
+        drop_checkpoints(result)
     say(f"[{index}/{total}] {name}: finished in {result['seconds']:.0f} s")
     return result
+
+
+def drop_checkpoints(result: dict) -> None:
+    """Delete the training checkpoints of a finished stage's run (the directory holding its `model`)."""
+    model = result.get("model")
+    if isinstance(model, str) and Path(model).is_dir():
+        shutil.rmtree(Path(model).parent / "checkpoints", ignore_errors=True)
 
 
 def stage_corpus(exp: Experiment) -> dict:
@@ -272,24 +284,19 @@ class Method:
     train: Callable[[Experiment, "Method"], dict]
 
 
-def _snapshot_every(total_steps: int, snapshots: int) -> int:
-    return max(1, math.ceil(total_steps / max(1, snapshots)))
-
-
 def train_offline(exp: Experiment, m: Method, loss: str) -> dict:
     """DPO or one of its baselines on the labelled pairs (rlhfkit.dpo)."""
     from rlhfkit.config import LoRAConfig
     from rlhfkit.dpo import DPOConfig, run_dpo
 
     cfg = exp.cfg
-    steps = cfg.dpo_epochs * max(1, int(exp.results["label"]["pairs"] * 0.9) // cfg.dpo_batch_size)
     return run_dpo(DPOConfig(
         data=DataConfig(train=str(exp.path("preferences.jsonl")), max_length=64, max_prompt_length=24,
                         eval_fraction=0.1),
         model=ModelConfig(name=exp.results["sft"]["model"]), lora=LoRAConfig(r=cfg.lora_r), loss=loss,
         beta=m.beta if m.beta is not None else 0.1, kl_prompts=0,
         train=exp.train_cfg(batch_size=cfg.dpo_batch_size, epochs=cfg.dpo_epochs, eval_every=10**9,
-                            save_every=10**9, snapshot_every=_snapshot_every(steps, cfg.snapshots)),
+                            save_every=10**9, snapshots=cfg.snapshots),
         optim=OptimConfig(lr=cfg.dpo_lr, warmup_steps=5), out=str(exp.path("runs", m.name))))
 
 
@@ -306,7 +313,7 @@ def train_ppo(exp: Experiment, m: Method, reward: str) -> dict:
         eos_penalty=False,  # the paper scores every completion as it is; a penalty teaches the tiny model to stop early
         kl=KLConfig(coef=cfg.ppo_kl_coef, adaptive=True, target=cfg.ppo_kl_target, horizon=cfg.ppo_steps * 10),
         train=exp.train_cfg(batch_size=cfg.ppo_batch_size, max_steps=cfg.ppo_steps, save_every=10**9, log_every=1,
-                            snapshot_every=_snapshot_every(cfg.ppo_steps, cfg.snapshots)),
+                            snapshots=cfg.snapshots),
         optim=OptimConfig(lr=cfg.ppo_lr, warmup_steps=0, schedule="constant"), out=str(exp.path("runs", m.name))))
 
 
