@@ -109,7 +109,8 @@ def _steady(stamps: list[tuple[float, float]], batch: int) -> dict[str, float]:
     return out
 
 
-def run_rlhfkit(root: Path, setting: str, steps: int, batch: int, threads: int, rss_base: float, device: str) -> dict:
+def run_rlhfkit(root: Path, setting: str, steps: int, batch: int, threads: int, rss_base: float, device: str,
+                shared_prefix: bool = True) -> dict:
     import torch
 
     import rlhfkit.dpo as dpo
@@ -138,13 +139,14 @@ def run_rlhfkit(root: Path, setting: str, steps: int, batch: int, threads: int, 
         train=TrainConfig(batch_size=batch, max_steps=steps, log_every=10**6, save_every=10**6, eval_every=10**6,
                           threads=threads, progress=False),
         optim=OptimConfig(lr=1e-5, warmup_steps=0), loss="dpo", beta=0.1, kl_prompts=0,
-        ref_mode="per_step" if setting == "per_step" else "cached", out=str(out))
+        ref_mode="per_step" if setting == "per_step" else "cached", shared_prefix=shared_prefix, out=str(out))
     summary = run_dpo(cfg)
     return {**_steady(starts, batch), "ref_seconds": summary["ref_seconds"],
             "peak_mb": _peak_mb(device, rss_base), "final_loss": summary["train"]["train/loss"]}
 
 
-def run_trl(root: Path, setting: str, steps: int, batch: int, threads: int, rss_base: float, device: str) -> dict:
+def run_trl(root: Path, setting: str, steps: int, batch: int, threads: int, rss_base: float, device: str,
+            shared_prefix: bool = False) -> dict:
     import torch
     from datasets import Dataset, disable_caching
     from transformers import AutoTokenizer, TrainerCallback
@@ -177,7 +179,7 @@ def run_trl(root: Path, setting: str, steps: int, batch: int, threads: int, rss_
 
 
 def child(argv: list[str]) -> None:
-    impl, setting, root, steps, batch, threads = argv[0], argv[1], Path(argv[2]), *map(int, argv[3:6])
+    impl, setting, root, steps, batch, threads, shared = argv[0], argv[1], Path(argv[2]), *map(int, argv[3:7])
     import torch
     import transformers  # noqa: F401
     import trl  # noqa: F401
@@ -187,7 +189,7 @@ def child(argv: list[str]) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rss_base = _rss_mb()
     fn = run_rlhfkit if impl == "rlhfkit" else run_trl
-    print("RESULT " + json.dumps(fn(root, setting, steps, batch, threads, rss_base, device)))
+    print("RESULT " + json.dumps(fn(root, setting, steps, batch, threads, rss_base, device, bool(shared))))
 
 
 # ------------------------------------------------------------------------------------------------- driver
@@ -199,6 +201,8 @@ def main() -> None:
     p.add_argument("--completion-len", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-shared-prefix", action="store_true",
+                   help="rlhfkit runs each pair as two rows like TRL (the ablation of rlhfkit.prefix)")
     p.add_argument("--out", default=None, help="write the results JSON here (default bench/results/dpo.json)")
     args = p.parse_args()
     import torch
@@ -213,7 +217,7 @@ def main() -> None:
         for setting in ("per_step", "precompute"):
             for impl in ("trl", "rlhfkit"):
                 cmd = [sys.executable, __file__, "--child", impl, setting, str(root), str(args.steps),
-                       str(args.batch), str(args.threads)]
+                       str(args.batch), str(args.threads), str(int(not args.no_shared_prefix))]
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
                 if proc.returncode != 0 or not line:
@@ -223,19 +227,23 @@ def main() -> None:
 
 
 def report(results: dict, sizes: dict, gflops: float, args, device: str) -> None:
-    tokens = 2 * args.batch * (args.prompt_len + args.completion_len + 1)  # (2B, T) per step, EOS appended
+    P, A, B = args.prompt_len, args.completion_len + 1, args.batch  # EOS appended to every completion
+    two_rows = 2 * B * (P + A)  # (2B, T) per step
+    shared = B * (P + 2 * A)  # one row per pair: the prompt once (chosen and rejected rarely share a first word)
+    tokens = {"trl": two_rows, "rlhfkit": two_rows if args.no_shared_prefix else shared}
     summary = {"device": device, "threads": args.threads, "mm_gflops": gflops, "tokens_per_step": tokens,
                "load_avg": os.getloadavg(), **sizes, "runs": results, "table": {}}
     print(f"device {device}, threads {args.threads}, torch.mm {gflops['wall']:.1f} GFLOP/s wall, "
           f"{gflops['cpu']:.1f} per CPU-second, {sizes['non_embedding_params']/1e6:.2f}M "
-          f"non-embedding params, {tokens} tokens/step, load avg {os.getloadavg()[0]:.2f}")
+          f"non-embedding params, prompt {P} + completions 2 x {A} tokens, tokens run per step: TRL "
+          f"{tokens['trl']}, rlhfkit {tokens['rlhfkit']}; load avg {os.getloadavg()[0]:.2f}")
     print(f"{'impl/setting':<22}{'pairs/s':>9}{'pairs/cpu-s':>12}{'peak MB':>9}{'% of mm':>9}   ref/init s")
     for key, runs in results.items():
         wall = statistics.median(r["pairs_per_s"] for r in runs)
         pps = statistics.median(r["pairs_per_cpu_s"] for r in runs)
         peak = max(r["peak_mb"] for r in runs)
         flops_per_token = (6 + (2 if key.endswith("per_step") else 0)) * sizes["non_embedding_params"]
-        flops_per_pair = flops_per_token * tokens / args.batch
+        flops_per_pair = flops_per_token * tokens[key.split("/")[0]] / args.batch  # the tokens it actually ran
         frac = pps * flops_per_pair / (gflops["cpu" if device == "cpu" else "wall"] * 1e9)
         ref = [round(r.get("ref_seconds", r.get("init_seconds_incl_ref", 0.0)), 2) for r in runs]
         summary["table"][key] = {"pairs_per_s": wall, "pairs_per_cpu_s": pps, "peak_mb": peak, "mm_fraction": frac}

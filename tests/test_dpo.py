@@ -59,9 +59,7 @@ def model_dir(tok, tmp_path_factory):
 
 
 def _pairs(tok, n=8, seed=0):
-    pairs, dropped = encode_pairs(tok, good_bad_records(n, seed), DataConfig(max_length=32, max_prompt_length=16))
-    assert dropped == 0
-    return pairs
+    return _pairs_of(tok, good_bad_records(n, seed))
 
 
 def test_objective_at_initialisation_is_log2_with_zero_rewards(tok):
@@ -115,6 +113,34 @@ def test_shared_first_token_gets_zero_gradient(tok):
     assert grad[0, 0].abs().max() > 1e-4  # each row alone does receive a gradient...
     assert shared.abs().max() <= 1e-9  # ...but they cancel exactly
     assert differing.abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("loss", sorted(PAIR_LOSSES))
+def test_shared_prefix_batch_gives_the_two_row_loss_and_gradients(tok, loss):
+    model = build_tiny(tok, ARCH, seed=4).eval()
+    records = good_bad_records(6, seed=2)
+    records[0]["chosen"] = " good"  # responses of different lengths and a pair with no shared response token
+    pairs = _pairs_of(tok, records)
+    for p in pairs:
+        p.ref_logps = (-4.0, -3.5)
+    objective = preference_objective(PAIR_LOSSES[loss](DPOConfig(beta=0.3)), Reference(model), beta=0.3)
+    results = []
+    for shared in (False, True):
+        model.zero_grad()
+        value, metrics = objective(model, collate_pairs(pairs, tok.pad_token_id, shared_prefix=shared))
+        value.backward()
+        results.append((value.detach(), metrics, [p.grad.clone() for p in model.parameters()]))
+    (v0, m0, g0), (v1, m1, g1) = results
+    torch.testing.assert_close(v1, v0, atol=1e-5, rtol=1e-5)
+    assert m1 == pytest.approx(m0, abs=1e-4)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _pairs_of(tok, records):
+    pairs, dropped = encode_pairs(tok, records, DataConfig(max_length=32, max_prompt_length=16))
+    assert dropped == 0
+    return pairs
 
 
 def test_lora_reference_is_the_base_model_before_and_after_a_step(tok):

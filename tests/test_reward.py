@@ -152,6 +152,31 @@ def test_grouped_all_pairs_equal_pairs_fed_one_by_one(sft_dir):
     assert 0.0 <= metrics["rewards/accuracy"] <= 1.0
 
 
+@pytest.mark.parametrize("loss,margin", [("bt", 0.0), ("bt", 0.5), ("pl", 0.0)])
+def test_shared_prefix_batch_gives_the_same_loss_metrics_and_gradients(sft_dir, loss, margin):
+    model, tok = _rm(sft_dir)
+    rm = RewardModel(model).eval()
+    enc = lambda p, rs: [encode_pair(tok, p, r, 64, 32) for r in rs]  # noqa: E731
+    groups = [Group(enc("the movie was", [" great fun", " good story", " boring plot and bad acting", " awful"]),
+                    [7.0, 5.0, 2.0, 1.0]),
+              Group(enc("a film that", [" moved me", " bored me"]), [6.0, 3.0]),
+              Group(enc("the plot", [" is a mess", " is a delight", " works"]))]
+    results = []
+    for shared in (False, True):
+        rm.zero_grad()
+        value, metrics = reward_objective(loss, margin)(rm, collate_groups(groups, tok.pad_token_id, shared))
+        value.backward()
+        results.append((value.detach(), metrics, [p.grad.clone() for p in rm.parameters() if p.grad is not None]))
+    (v0, m0, g0), (v1, m1, g1) = results
+    torch.testing.assert_close(v1, v0, atol=1e-5, rtol=1e-5)
+    assert m1 == pytest.approx(m0, abs=1e-5)
+    assert len(g0) == len(g1) > 0
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    packed = collate_groups(groups, tok.pad_token_id, shared_prefix=True)
+    assert packed.input_ids.shape[0] == 3 and packed.lengths[3].tolist()[1:] == [0, 0]  # ragged K: 4, 2, 3
+
+
 def test_gradient_reaches_every_trainable_parameter(sft_dir):
     model, tok = _rm(sft_dir)
     rm = RewardModel(model).train()

@@ -4,8 +4,11 @@
     rlhfkit dpo --online --rounds 3 --prompts prompts.jsonl --judge vader
     rlhfkit eval beta-for-kl --target-kl 4 --runs runs/dpo-b0.1 runs/dpo-b0.5
 
-Offline (Rafailov et al. 2023, eq. 7): every step runs the policy once on a (2B, T) batch that holds the B chosen
-responses in rows [0, B) and the B rejected ones in rows [B, 2B) (one forward pass, shared padding). The
+Offline (Rafailov et al. 2023, eq. 7): every step runs the policy once on the batch's B pairs. By default each
+pair is one row, its prompt laid out once and followed by both responses under a 4D attention mask that keeps
+them apart (`rlhfkit.prefix`, exact: the prompt is not run twice); with `--no-shared-prefix` (or an attention
+implementation without custom masks) a (2B, T) batch holds the B chosen responses in rows [0, B) and the B
+rejected ones in rows [B, 2B). Either way the objective sees (2B,) log-probs, chosen first. The
 reference log-probs are precomputed once before training and cached in the run directory (`ref_logps.pt`,
 keyed by a hash of the tokenised data and the reference weights), or computed every step (`--ref-mode
 per_step`). With LoRA the reference is the policy with its adapter disabled (no second model in memory); with
@@ -21,8 +24,8 @@ Online / iterated DPO: each round samples K responses per prompt from the curren
 gold scorer or reward model (`rlhfkit.labeling`), and trains one more round on those pairs; the reference stays the
 initial model. Every round keeps its data and checkpoint under `round-<i>/`.
 
-Known trap (DESIGN.md): a first response token shared by y_w and y_l contributes +g to the chosen row and -g to
-the rejected row at the same logits, which cancel exactly: DPO cannot teach it (SFT must). `summary.json` counts
+Known trap (DESIGN.md): a first response token shared by y_w and y_l contributes +g to the chosen side and -g to
+the rejected side at the same logits, which cancel exactly: DPO cannot teach it (SFT must). `summary.json` counts
 such pairs (`pairs_sharing_first_token`).
 
 Departures from the paper: the baselines report the same beta-scaled implicit rewards as DPO (diagnostics only);
@@ -46,11 +49,12 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit import config as config_lib
-from rlhfkit import losses, ops
+from rlhfkit import losses, ops, prefix
 from rlhfkit.config import DataConfig, LoRAConfig, ModelConfig, OptimConfig, TrainConfig
 from rlhfkit.data import Encoded, TokenBatch, collate, encode_pair, ranking_to_pairs, split_train_eval
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models import is_peft
+from rlhfkit.prefix import PrefixBatch, collate_groups, supports_shared_prefix
 from rlhfkit.tracking import Run, say
 
 LossName = Literal["dpo", "ipo", "cdpo", "preferred_ft", "unlikelihood"]
@@ -83,6 +87,10 @@ class DPOConfig:
     ref_mode: Literal["cached", "per_step"] = "cached"
     """cached: reference log-probs computed once before training (stored as <out>/ref_logps.pt and reused while
     data and reference are unchanged); per_step: a reference forward pass on every batch."""
+    shared_prefix: bool = True
+    """Run each pair as one row: the prompt (and any response tokens both sides start with) once, then both
+    responses, with a 4D attention mask keeping them apart (rlhfkit.prefix; exact). Needs sdpa or eager
+    attention; other models fall back to two rows per pair."""
     kl_prompts: int = 16
     """Held-out prompts sampled at evaluation for objective/kl; 0 turns the sampled KL off."""
     kl_samples: int = 2
@@ -157,9 +165,13 @@ def shares_first_token(pair: Pair) -> bool:
     return c.input_ids[: c.prompt_length + 1] == r.input_ids[: r.prompt_length + 1]
 
 
-def collate_pairs(pairs: list[Pair], pad_id: int) -> TokenBatch:
-    """(2B, T) batch: chosen in rows [0, B), rejected in rows [B, 2B). extras["ref_logps"] (2B,) when cached."""
-    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+def collate_pairs(pairs: list[Pair], pad_id: int, shared_prefix: bool = False) -> TokenBatch | PrefixBatch:
+    """(2B, T) batch: chosen in rows [0, B), rejected in rows [B, 2B); or, shared_prefix, a PrefixBatch of B
+    rows (chosen side 0, rejected side 1). extras["ref_logps"] (2B,) chosen first, when cached."""
+    if shared_prefix:
+        batch = collate_groups([[p.chosen, p.rejected] for p in pairs], pad_id)
+    else:
+        batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
     if all(p.ref_logps is not None for p in pairs):
         ref = [p.ref_logps[0] for p in pairs] + [p.ref_logps[1] for p in pairs]
         batch.extras["ref_logps"] = torch.tensor(ref, dtype=torch.float32)  # (2B,)
@@ -167,12 +179,16 @@ def collate_pairs(pairs: list[Pair], pad_id: int) -> TokenBatch:
 
 
 # -------------------------------------------------------------------------------------------- log-probs
-def response_token_logps(model: Any, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def response_token_logps(model: Any, batch: TokenBatch | PrefixBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Token log-probs of a right-padded batch from the first response position on.
 
     Returns (token_logps, mask), both (N, K-1) with K = T - s + 1, s = the earliest response column: the LM
-    head runs only on the last K positions (`logits_to_keep`), so prompt tokens never reach it.
+    head runs only on the last K positions (`logits_to_keep`), so prompt tokens never reach it. A PrefixBatch
+    of B groups of G gives (G*B, L) rows in the same order as the unpacked batch (side 0's B rows first).
     """
+    if isinstance(batch, PrefixBatch):
+        token_logps, mask = prefix.token_logps(model, batch)  # (G, B, L)
+        return token_logps.flatten(0, 1), mask.flatten(0, 1)
     first = max(1, int(batch.loss_mask.argmax(-1).min()))  # earliest response column s (token 0 is never scored)
     keep = batch.input_ids.shape[1] - first + 1
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep,
@@ -301,18 +317,18 @@ def cache_key(pairs: list[Pair], reference: Reference) -> str:
 
 @torch.no_grad()
 def compute_ref_logps(pairs: list[Pair], reference: Reference, pad_id: int, batch_size: int,
-                      device: Any) -> torch.Tensor:
+                      device: Any, shared_prefix: bool = False) -> torch.Tensor:
     """(N, 2) reference log-probs (chosen, rejected) of every pair, in batches."""
     out = []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i : i + batch_size]
-        seq = reference.sequence_logps(collate_pairs(chunk, pad_id).to(device)).cpu()  # (2b,)
+        seq = reference.sequence_logps(collate_pairs(chunk, pad_id, shared_prefix).to(device)).cpu()  # (2b,)
         out.append(torch.stack([seq[: len(chunk)], seq[len(chunk) :]], dim=1))  # (b, 2)
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
 def attach_ref_logps(pairs: list[Pair], reference: Reference, pad_id: int, batch_size: int, device: Any,
-                     cache_path: Path | None, write: bool = True) -> str:
+                     cache_path: Path | None, write: bool = True, shared_prefix: bool = False) -> str:
     """Fill every pair's ref_logps from `cache_path` when its key matches, else compute them (and store them
     there when `write`: only the main process writes). Returns "hit" or "miss"."""
     key = cache_key(pairs, reference)
@@ -320,7 +336,8 @@ def attach_ref_logps(pairs: list[Pair], reference: Reference, pad_id: int, batch
     if cached is not None and cached.get("key") == key:
         logps, status = cached["logps"], "hit"
     else:
-        logps, status = compute_ref_logps(pairs, reference, pad_id, batch_size, device), "miss"
+        logps = compute_ref_logps(pairs, reference, pad_id, batch_size, device, shared_prefix)
+        status = "miss"
         if cache_path is not None and write:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"key": key, "logps": logps}, cache_path)
@@ -366,6 +383,7 @@ class Setup:
     tokenizer: Any
     reference: Reference
     objective: Callable
+    shared_prefix: bool  # cfg.shared_prefix, where the model's attention takes a 4D mask
 
 
 def setup(cfg: DPOConfig) -> Setup:
@@ -381,7 +399,10 @@ def setup(cfg: DPOConfig) -> Setup:
     frozen = copy.deepcopy(model).requires_grad_(False).eval() if needs_copy else None
     reference = Reference(model, frozen)
     objective = preference_objective(PAIR_LOSSES[cfg.loss](cfg), reference, cfg.beta)
-    return Setup(cfg, accelerator, model, tokenizer, reference, objective)
+    shared = cfg.shared_prefix and supports_shared_prefix(model)
+    if cfg.shared_prefix and not shared:
+        say("dpo: this model's attention takes no custom 4D mask; pairs run as two rows (--no-shared-prefix)")
+    return Setup(cfg, accelerator, model, tokenizer, reference, objective, shared)
 
 
 def train_round(s: Setup, train_pairs: list[Pair], eval_pairs: list[Pair], run: Run,
@@ -393,13 +414,14 @@ def train_round(s: Setup, train_pairs: list[Pair], eval_pairs: list[Pair], run: 
     ref_cache, t0 = "per_step", time.time()
     if cfg.ref_mode == "cached":
         ref_cache = attach_ref_logps(train_pairs + eval_pairs, s.reference, pad, cfg.train.batch_size,
-                                     s.accelerator.device, run.dir / "ref_logps.pt", s.accelerator.is_main_process)
+                                     s.accelerator.device, run.dir / "ref_logps.pt", s.accelerator.is_main_process,
+                                     s.shared_prefix)
     ref_seconds = time.time() - t0
     prompt_ids = kl_prompt_ids(s.tokenizer, kl_prompts, cfg.kl_prompts, cfg.train.seed)
     def evaluate(policy: Any) -> dict[str, float]:
         return sampled_kl(policy, s.reference, prompt_ids, s.tokenizer, cfg, cfg.train.seed)
 
-    result = fit(s.objective, s.model, train_pairs, lambda chunk: collate_pairs(chunk, pad), cfg.train, cfg.optim,
+    result = fit(s.objective, s.model, train_pairs, lambda chunk: collate_pairs(chunk, pad, s.shared_prefix), cfg.train, cfg.optim,
                  run, s.accelerator, eval_examples=eval_pairs or None, evaluate=evaluate if prompt_ids else None)
     pairs_seen = result.step * cfg.train.batch_size * cfg.train.grad_accum * s.accelerator.num_processes
     return {"loss": cfg.loss, "beta": cfg.beta, "tau": cfg.tau, "label_smoothing": cfg.label_smoothing,

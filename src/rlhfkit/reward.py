@@ -41,12 +41,14 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit import config as config_lib
+from rlhfkit import prefix
 from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from rlhfkit.data import Encoded, TokenBatch, TruncationStats, collate, encode_pair, load_train_eval, read_records
 from rlhfkit.errors import DataError, RlhfkitError
 from rlhfkit.generation import positions
 from rlhfkit.losses import bradley_terry_loss, plackett_luce_loss
 from rlhfkit.ops import masked_mean
+from rlhfkit.prefix import PrefixBatch
 from rlhfkit.tracking import Run, say
 
 Scorer = Callable[[list[str], list[str]], list[float]]
@@ -72,6 +74,9 @@ class RMConfig:
     responses (train responses when nothing is held out)."""
     calibration_bins: int = 5
     """Bins of the held-out calibration table."""
+    shared_prefix: bool = True
+    """Run each prompt's K responses as one row, the prompt once (rlhfkit.prefix; exact). Causal trunks with
+    sdpa / eager attention only; encoders and other attention fall back to one row per response."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=8, epochs=1))
     """Loop settings; batch_size counts prompts (all of a prompt's responses share its batch)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5))
@@ -146,8 +151,23 @@ def reward_at_last_token(model: Any, input_ids: torch.Tensor, attention_mask: to
     return head(last_hidden)[:, 0].float()  # (B,)
 
 
+def packed_rewards(model: Any, batch: PrefixBatch) -> torch.Tensor:
+    """Rewards of a shared-prefix batch (rlhfkit.prefix): the trunk runs once per prompt, the head at each
+    response's last token. -> (G, B) float32 (entries of absent sides are meaningless; see batch.lengths)."""
+    trunk = getattr(model, model.base_model_prefix)
+    hidden = prefix.hidden_states(trunk, batch)  # (B, T, H)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[None, :].expand_as(batch.last_cols)  # (G, B)
+    return model.score(hidden[rows, batch.last_cols])[..., 0].float()  # (G, B)
+
+
+def supports_packing(model: Any) -> bool:
+    """Shared-prefix packing needs a causal trunk with a `score` head and 4D-mask attention (not encoders)."""
+    return getattr(model, "score", None) is not None and prefix.supports_shared_prefix(model)
+
+
 class RewardModel(torch.nn.Module):
-    """A sequence-classification model whose forward returns the reward at the last real token, (B,).
+    """A sequence-classification model whose forward returns the rewards of a batch: (N,) for a TokenBatch,
+    (G, B) for a PrefixBatch.
 
     The training loop prepares (e.g. DDP-wraps) this module, so the reward is computed inside its forward and
     gradients synchronise across processes.
@@ -157,8 +177,10 @@ class RewardModel(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return reward_at_last_token(self.model, input_ids, attention_mask)
+    def forward(self, batch: TokenBatch | PrefixBatch) -> torch.Tensor:
+        if isinstance(batch, PrefixBatch):
+            return packed_rewards(self.model, batch)
+        return reward_at_last_token(self.model, batch.input_ids, batch.attention_mask)
 
 
 def reward_tokenizer(tokenizer: Any) -> Any:
@@ -278,9 +300,18 @@ def encode_groups(tokenizer: Any, records: Sequence[dict], data: DataConfig) -> 
     return groups, stats
 
 
-def collate_groups(groups: Sequence[Group], pad_id: int) -> TokenBatch:
+def collate_groups(groups: Sequence[Group], pad_id: int, shared_prefix: bool = False) -> TokenBatch | PrefixBatch:
     """Flatten groups into one right-padded TokenBatch (N = sum of K, T); extras give each row's group index,
-    its rank within the group (0 = best) and its Likert score (nan when absent), all (N,)."""
+    its rank within the group (0 = best) and its Likert score (nan when absent), all (N,).
+    shared_prefix: one PrefixBatch row per group instead (prompt once, then its K responses); extras["likert"]
+    is then the (B, K) best-first table."""
+    if shared_prefix:
+        batch = prefix.collate_groups([g.examples for g in groups], pad_id)
+        K = batch.lengths.shape[0]
+        batch.extras["likert"] = torch.tensor(
+            [[g.likert[k] if g.likert and k < len(g.likert) else math.nan for k in range(K)] for g in groups],
+            dtype=torch.float32)  # (B, K)
+        return batch
     batch = collate([e for g in groups for e in g.examples], pad_id, "right")
     batch.extras["group"] = torch.tensor([gi for gi, g in enumerate(groups) for _ in g.examples])  # (N,)
     batch.extras["rank"] = torch.tensor([k for g in groups for k in range(len(g.examples))])  # (N,)
@@ -332,14 +363,22 @@ def ranking_losses(
     return losses, metrics
 
 
-def reward_objective(loss: str = "bt", margin: float = 0.0) -> Callable[[Any, TokenBatch], tuple]:
+def reward_table(model: Any, batch: TokenBatch | PrefixBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rewards of a batch of groups as best-first tables: rewards (G, K), mask (G, K) bool, likert (G, K)."""
+    rewards = model(batch)
+    if isinstance(batch, PrefixBatch):  # (K, G): side k of group g
+        return rewards.T, (batch.lengths > 0).T, batch.extras["likert"].to(rewards.dtype)
+    group, rank = batch.extras["group"], batch.extras["rank"]
+    table, mask = group_table(rewards, group, rank)  # (G, K)
+    likert, _ = group_table(batch.extras["likert"].to(rewards.dtype), group, rank)  # (G, K)
+    return table, mask, likert
+
+
+def reward_objective(loss: str = "bt", margin: float = 0.0) -> Callable[[Any, TokenBatch | PrefixBatch], tuple]:
     """The objective `loop.fit` minimises: each response scored once, pairs formed from the K rewards."""
 
-    def objective(model: Any, batch: TokenBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        rewards = model(batch.input_ids, batch.attention_mask)  # (N,)
-        group, rank = batch.extras["group"], batch.extras["rank"]
-        table, mask = group_table(rewards, group, rank)  # (G, K)
-        likert, _ = group_table(batch.extras["likert"].to(rewards.dtype), group, rank)  # (G, K)
+    def objective(model: Any, batch: TokenBatch | PrefixBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        table, mask, likert = reward_table(model, batch)  # (G, K) each
         losses, metrics = ranking_losses(table, mask, loss, likert, margin)  # (G,)
         return losses.mean(), metrics
 
@@ -524,9 +563,10 @@ def run_rm_train(cfg: RMConfig) -> dict[str, Any]:
         f"({stats.truncation.summary()}; {stats.duplicates} repeated responses and {stats.too_few} records with "
         f"< 2 responses dropped), {len(held)} held out")
     pad = tokenizer.pad_token_id
+    shared = cfg.shared_prefix and supports_packing(model)
     rm = RewardModel(model)
-    result = fit(reward_objective(cfg.loss, cfg.margin), rm, train, lambda gs: collate_groups(gs, pad), cfg.train,
-                 cfg.optim, run, accelerator, eval_examples=held or None)
+    result = fit(reward_objective(cfg.loss, cfg.margin), rm, train, lambda gs: collate_groups(gs, pad, shared),
+                 cfg.train, cfg.optim, run, accelerator, eval_examples=held or None)
     model = accelerator.unwrap_model(rm).model
     held_rewards = score_groups(model, held, pad, cfg.train.batch_size) if held else []
     report = pair_report(held_rewards, cfg.calibration_bins)
