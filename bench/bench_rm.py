@@ -115,7 +115,7 @@ def run_rlhfkit(p: dict) -> dict:
     cfg = reward.RMConfig(
         data=DataConfig(train=str(root / f"rankings_k{p['k']}.jsonl"), eval_fraction=0.0, max_length=256,
                         max_prompt_length=128),
-        model=ModelConfig(name=str(root / "model")), loss="bt",
+        model=ModelConfig(name=str(root / "model")), loss="bt", shared_prefix=p["shared_prefix"],
         train=TrainConfig(batch_size=p["prompts_per_step"], max_steps=p["steps"], log_every=10**6,
                           save_every=10**6, eval_every=10**6, threads=p["threads"], progress=False),
         optim=OptimConfig(lr=1e-5, warmup_steps=0, schedule="constant"), out=str(root / f"rlhfkit-{time.time_ns()}"))
@@ -212,6 +212,9 @@ def main() -> None:
     ap.add_argument("--rankings-per-step", type=int, default=2, help="rankings setting: R rankings per step")
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--response-len", type=int, default=32)
+    ap.add_argument("--no-shared-prefix", action="store_true",
+                    help="rlhfkit runs one row per response (the ablation of rlhfkit.prefix)")
+    ap.add_argument("--out", default=str(RESULTS / "bench_rm.json"), help="results JSON")
     args = ap.parse_args()
     settings = {"pairs": {"k": 2, "prompts_per_step": args.pairs_per_step},
                 "rankings": {"k": args.k, "prompts_per_step": args.rankings_per_step}}
@@ -221,7 +224,8 @@ def main() -> None:
         for setting, s in settings.items():
             n_prompts = s["prompts_per_step"] * (args.steps + 2)
             sizes = make_assets(root, args.prompt_len, args.response_len, n_prompts, s["k"])
-            params = {"root": str(root), "steps": args.steps, "threads": args.threads, **s}
+            params = {"root": str(root), "steps": args.steps, "threads": args.threads,
+                      "shared_prefix": not args.no_shared_prefix, **s}
             for r in range(args.repeats):
                 for side in SIDES:
                     res = run_side(side, params)
@@ -240,8 +244,8 @@ def main() -> None:
         ours, trl = (next(r for r in rows if r["setting"] == setting and r["side"] == s) for s in ("rlhfkit", "trl"))
         ours["speedup_vs_trl"] = ours["pairs_per_s"] / trl["pairs_per_s"]
     _print(rows, args, settings)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "bench_rm.json"
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"command": " ".join([Path(sys.executable).name, *sys.argv]), "args": vars(args),
                                 "settings": settings, "model": sizes, "rows": rows, "time": time.ctime(),
                                 "runs": {f"{k[0]}/{k[1]}": v for k, v in runs.items()}}, indent=2))

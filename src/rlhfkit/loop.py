@@ -77,7 +77,10 @@ def make_optimizer(model: Any, optim: OptimConfig, total_steps: int) -> tuple[An
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
+    # fused: one kernel for all parameters (CPU and CUDA); ~5% of a tiny-model DPO step on CPU. Other devices
+    # (mps, xla, ...) get the default implementation.
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=fused or None)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
 
 
