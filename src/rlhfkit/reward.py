@@ -11,7 +11,10 @@ the EOS (InstructGPT sec. 3.5). Losses (DESIGN.md, `rlhfkit.losses`):
 
 with responses best first. All C(K, 2) pairs of one prompt live in the same batch: each of the K responses
 goes through the model once and the pairs are formed from the K rewards (InstructGPT: K forward passes, not
-C(K, 2) * 2). A preference pair is the case K = 2. `batch_size` counts prompts (groups), not pairs.
+C(K, 2) * 2). A preference pair is the case K = 2. `batch_size` counts prompts (groups), not pairs. By default
+a group is also one row (`rlhfkit.prefix`): the prompt runs once and the K responses follow it under a 4D
+attention mask, each reward read at its own EOS (exact; `--no-shared-prefix` or an encoder trunk: one row per
+response).
 
 Departures from the paper / from Hugging Face:
 - transformers' sequence-classification models pick the rightmost token that is not `pad_token_id`; when
