@@ -421,8 +421,9 @@ def train_round(s: Setup, train_pairs: list[Pair], eval_pairs: list[Pair], run: 
     def evaluate(policy: Any) -> dict[str, float]:
         return sampled_kl(policy, s.reference, prompt_ids, s.tokenizer, cfg, cfg.train.seed)
 
-    result = fit(s.objective, s.model, train_pairs, lambda chunk: collate_pairs(chunk, pad, s.shared_prefix), cfg.train, cfg.optim,
-                 run, s.accelerator, eval_examples=eval_pairs or None, evaluate=evaluate if prompt_ids else None)
+    result = fit(s.objective, s.model, train_pairs, lambda chunk: collate_pairs(chunk, pad, s.shared_prefix),
+                 cfg.train, cfg.optim, run, s.accelerator, eval_examples=eval_pairs or None,
+                 evaluate=evaluate if prompt_ids else None)
     pairs_seen = result.step * cfg.train.batch_size * cfg.train.grad_accum * s.accelerator.num_processes
     return {"loss": cfg.loss, "beta": cfg.beta, "tau": cfg.tau, "label_smoothing": cfg.label_smoothing,
             "alpha": cfg.alpha, "step": result.step, "status": result.status, "eval": result.eval_metrics,

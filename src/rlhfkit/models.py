@@ -197,9 +197,14 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path, merge_lora: bool
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        import shutil
+    return _move_into_place(tmp, out_dir)
 
+
+def _move_into_place(tmp: Path, out_dir: Path) -> Path:
+    """Replace `out_dir` with the finished directory `tmp`: a reader never sees a half-written model."""
+    import shutil
+
+    if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return out_dir
@@ -215,10 +220,7 @@ def link_model(src: str | Path, out_dir: str | Path) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, copy_function=_link_or_copy)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
+    return _move_into_place(tmp, out_dir)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
