@@ -246,6 +246,7 @@ def test_each_loss_runs_one_step_through_the_cli(loss, model_dir, tmp_path):
     assert cli.main(_run_args(model_dir, data, out, *extra)) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["loss"] == loss and summary["step"] == 1 and summary["pairs"] == 6 * 3
+    assert summary["split"] == {"train_prompts": 6, "eval_prompts": 2, "shared_prompts": 0}
     assert summary["ref_cache"] == ("per_step" if "per_step" in setups[loss] else "miss")
     # the one step's loss is taken before the update, at policy == reference: log 2 for (c)DPO, 1/(4 tau^2) for IPO
     at_init = {"dpo": math.log(2), "cdpo": math.log(2), "ipo": 1 / (4 * 0.2**2)}
@@ -278,6 +279,64 @@ def test_online_dpo_two_rounds_keeps_each_round(model_dir, tmp_path):
     assert len(summary["rounds"]) == 2 and (out / "model" / "config.json").exists()
 
 
+def test_online_dpo_never_trains_on_a_held_out_prompt(model_dir, tmp_path):
+    """The prompts are split once, before any round: every round's training pairs come from train prompts
+    only and its held-out pairs from held-out prompts only."""
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": f"{s} was"} for s in SUBJECTS])
+    out = tmp_path / "online"
+    args = ["dpo", "--online", "--rounds", "2", "--prompts", str(prompts), "--judge", f"{__name__}:count_good",
+            "--model.name", str(model_dir), "--samples-per-prompt", "3", "--max-new-tokens", "6",
+            "--train.max-steps", "1", "--train.batch-size", "4", "--train.progress", "False",
+            "--data.eval-fraction", "0.25", "--kl-prompts", "2", "--kl-samples", "1", "--out", str(out)]
+    assert cli.main(args) == 0
+
+    def prompts_in(path):
+        return {json.loads(x)["prompt"] for x in path.read_text().splitlines()}
+
+    held = prompts_in(out / "heldout_prompts.jsonl")
+    assert len(held) == 2 and held < {f"{s} was" for s in SUBJECTS}
+    summary = json.loads((out / "summary.json").read_text())
+    for i, round_summary in zip((1, 2), summary["rounds"]):
+        round_dir = out / f"round-{i}"
+        assert not prompts_in(round_dir / "preferences.jsonl") & held  # what the round trained on
+        assert prompts_in(round_dir / "candidates.jsonl") == {f"{s} was" for s in SUBJECTS} - held
+        assert prompts_in(round_dir / "eval_candidates.jsonl") == held
+        assert prompts_in(round_dir / "eval_preferences.jsonl") <= held
+        assert round_summary["split"]["shared_prompts"] == 0
+        assert round_summary["eval_pairs"] == len((round_dir / "eval_preferences.jsonl").read_text().splitlines())
+
+
+def test_offline_held_out_pairs_share_no_prompt_with_training_pairs(tmp_path, capsys):
+    """All C(4, 2) pairs of 4 completions per prompt, and rankings of 3: split by prompt before the rankings
+    expand, so each held-out prompt's pairs are all held out."""
+    import itertools
+
+    from rlhfkit.dpo import load_pair_records
+
+    pairs = [{"prompt": f"p{p}", "chosen": f" good {i}", "rejected": f" bad {j}"}
+             for p in range(20) for i, j in itertools.combinations(range(4), 2)]
+    random.Random(0).shuffle(pairs)
+    rankings = [{"prompt": f"p{p}", "responses": [" a", " b", " c"], "ranking": [2, 0, 1]} for p in range(20)] * 2
+    for name, records, per_prompt in (("pairs", pairs, 6), ("rankings", rankings, 2 * 3)):
+        write_jsonl(tmp_path / f"{name}.jsonl", records)
+        for seed in (0, 1, 2):
+            train, held = load_pair_records(DataConfig(train=str(tmp_path / f"{name}.jsonl"), eval_fraction=0.2), seed)
+            held_prompts = {r["prompt"] for r in held}
+            assert len(held_prompts) == 4 and not held_prompts & {r["prompt"] for r in train}
+            assert len(held) == 4 * per_prompt and len(train) == 16 * per_prompt
+    assert "warning" not in capsys.readouterr().err
+    # a separate eval file whose prompts also occur in the training file is used as given, with a warning
+    write_jsonl(tmp_path / "eval.jsonl", pairs[:5])
+    train, held = load_pair_records(DataConfig(train=str(tmp_path / "rankings.jsonl"),
+                                               eval=str(tmp_path / "eval.jsonl")), 0)
+    assert held == pairs[:5] and len(train) == 40 * 3
+    n = len({r["prompt"] for r in pairs[:5]})
+    assert capsys.readouterr().err.strip() == (f"warning: {n} of the {n} prompts in {tmp_path / 'eval.jsonl'} also "
+                                               f"occur in {tmp_path / 'rankings.jsonl'}: held-out metrics are partly "
+                                               "on trained prompts")
+
+
 def test_beta_for_kl_fits_the_runs_and_predicts_beta(tmp_path, capsys):
     runs = []
     for beta, kl in [(0.1, 10.0), (0.5, 2.0)]:  # KL = 1 / beta: slope -1, intercept 0
@@ -290,3 +349,20 @@ def test_beta_for_kl_fits_the_runs_and_predicts_beta(tmp_path, capsys):
     assert result["fit"]["slope"] == pytest.approx(-1.0)
     assert result["fit"]["intercept"] == pytest.approx(0.0, abs=1e-9)
     assert result["beta"] == pytest.approx(0.25)
+    assert result["extrapolated"] is False and "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", [20.0, 1.0])
+def test_beta_for_a_kl_outside_the_runs_range_is_flagged_as_extrapolated(tmp_path, capsys, target):
+    runs = []
+    for beta, kl in [(0.1, 10.0), (0.2, 5.0), (0.5, 2.0)]:
+        d = tmp_path / f"b{beta}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"beta": beta, "kl": kl}))
+        runs.append(str(d))
+    assert beta_for_kl_main(["--target-kl", str(target), "--runs", *runs]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["extrapolated"] is True and result["beta"] == pytest.approx(1 / target)
+    assert captured.err.strip() == (f"warning: target KL {target:g} is outside the fitted runs' KL range [2, 10]: "
+                                    "the beta is extrapolated")

@@ -6,7 +6,7 @@ import json
 import pytest
 from matplotlib.image import imread
 
-from rlhfkit import plots, report
+from rlhfkit import findings, plots, report
 from rlhfkit.stats import BetaKLFit, fit_beta_kl, win_rate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -39,50 +39,26 @@ DPO_RUN = {"method": "dpo", "label": "DPO β=0.1", "beta": 0.1, "checkpoints": [
 PPO_RUN = {"method": "ppo", "label": "PPO", "checkpoints": [_ckpt(100, 2.0, 0.25), _ckpt(200, 4.0, 0.5)]}
 
 
-def test_dpo_dominates_ppo_reproduced_not_reproduced_and_inconclusive():
-    assert report.finding_dpo_dominates_ppo([DPO_RUN, PPO_RUN])["reproduced"] is True
-    # a PPO point at KL 0.5 has no DPO point with KL <= 0.5: dominance fails
-    ppo_low = {**PPO_RUN, "checkpoints": PPO_RUN["checkpoints"] + [_ckpt(50, 0.5, 0.2)]}
-    failed = report.finding_dpo_dominates_ppo([DPO_RUN, ppo_low])
-    assert failed["reproduced"] is False
-    assert "2 of 3" in failed["evidence"] and "step 50" in failed["evidence"]
-    assert report.finding_dpo_dominates_ppo([DPO_RUN])["reproduced"] is None
-
-
-def test_beta_sets_kl_criteria():
-    assert report.finding_beta_sets_kl(BetaKLFit(slope=-1.0, intercept=1.0, r2=0.95, n=4))["reproduced"] is True
-    assert report.finding_beta_sets_kl({"slope": -1.0, "intercept": 1.0, "r2": 0.5, "n": 4})["reproduced"] is False
-    assert report.finding_beta_sets_kl(BetaKLFit(slope=0.3, intercept=1.0, r2=0.9, n=4))["reproduced"] is False
-    assert report.finding_beta_sets_kl(BetaKLFit(slope=-1.0, intercept=1.0, r2=1.0, n=2))["reproduced"] is None
-    assert report.finding_beta_sets_kl(None)["reproduced"] is None
-
-
-def test_baselines_fall_short_at_the_budget():
-    pft = {"method": "preferred_ft", "checkpoints": [_ckpt(100, 1.5, 0.2)]}
-    # unlikelihood's 0.9 lies beyond the budget (KL 2.5 > 2), so its best within budget is 0.1
-    ul = {"method": "unlikelihood", "checkpoints": [_ckpt(100, 0.5, 0.1), _ckpt(200, 2.5, 0.9)]}
-    result = report.finding_baselines_fall_short([DPO_RUN, pft, ul], budget=2.0)
-    assert result["reproduced"] is True  # DPO's best within KL 2 is 0.3 at KL 1.0
-    assert "dpo 0.300 at KL 1.000" in result["evidence"]
-    strong_pft = {"method": "preferred_ft", "checkpoints": [_ckpt(100, 1.8, 0.35)]}
-    assert report.finding_baselines_fall_short([DPO_RUN, strong_pft, ul], budget=2.0)["reproduced"] is False
-    far_ul = {"method": "unlikelihood", "checkpoints": [_ckpt(200, 2.5, 0.9)]}
-    unclear = report.finding_baselines_fall_short([DPO_RUN, pft, far_ul], budget=2.0)
-    assert unclear["reproduced"] is None and "unlikelihood" in unclear["evidence"]
-
-
 def test_best_within_budget_and_beta_points():
     ckpts = [_ckpt(1, 0.5, 0.2), _ckpt(2, 1.0, 0.4), _ckpt(3, 0.8, 0.4), _ckpt(4, 5.0, 0.9)]
     assert report.best_within_budget(ckpts, 1.0)["step"] == 3  # equal reward: the lower KL wins
     assert report.best_within_budget(ckpts, 0.1) is None
     other = {"method": "dpo", "beta": 0.5, "checkpoints": [_ckpt(300, 0.9, 0.2), _ckpt(100, 0.4, 0.1)]}
-    assert report.beta_kl_points([DPO_RUN, PPO_RUN, other]) == ([0.1, 0.5], [3.0, 0.9])
+    assert findings.beta_kl_points([DPO_RUN, PPO_RUN, other]) == ([0.1, 0.5], [3.0, 0.9])
+
+
+def test_every_plot_gives_a_method_one_colour_and_marker():
+    alone = plots.method_styles(["ppo"])
+    mixed = plots.method_styles(["best_of_n", "dpo", "ppo", "custom"])
+    assert alone["ppo"] == mixed["ppo"] and alone["dpo"] == mixed["dpo"]
+    assert len({mixed[m] for m in ("sft", "dpo", "ppo", "ppo_gt", "preferred_ft", "unlikelihood", "best_of_n",
+                                   "custom")}) == 8  # distinct pairs
 
 
 def test_verdict_allows_only_three_outcomes():
-    assert [report.verdict(v) for v in (True, False, None)] == ["reproduced", "did not reproduce", "inconclusive"]
+    assert [findings.verdict(v) for v in (True, False, None)] == ["reproduced", "did not reproduce", "inconclusive"]
     with pytest.raises(ValueError, match="true, false or null"):
-        report.verdict("mostly")
+        findings.verdict("mostly")
 
 
 EVIL = '<script>alert("x")</script> ![img](http://evil.example/a.png) [link](http://evil.example) | pipe'
@@ -96,7 +72,7 @@ def _results():
         {"method": "dpo", "label": "DPO β=1", "beta": 1.0, "checkpoints": [_ckpt(200, 0.6, 0.3)]},
         PPO_RUN,
     ]
-    betas, kls = report.beta_kl_points(methods)
+    betas, kls = findings.beta_kl_points(methods)
     fit = fit_beta_kl(betas, kls)
     return {
         "title": "Sentiment <b>test</b>", "preset": "tiny", "budget": 2.0, "commands": ["rlhfkit experiment sentiment"],
@@ -106,8 +82,7 @@ def _results():
             {"bin_low": 0.5, "bin_high": 0.6, "n": 80, "predicted": 0.55, "observed": 0.6}]},
         "samples": [{"prompt": "The movie was", "completions": {"DPO β=0.1": EVIL, "SFT": "fine.\nreally"}}],
         "beta_fit": fit,
-        "findings": [report.finding_dpo_dominates_ppo(methods), report.finding_beta_sets_kl(fit),
-                     report.finding_baselines_fall_short(methods, 2.0)],
+        "findings": findings.sentiment_findings(methods, fit, n_boot=50),
         "extra": float("nan"),
     }
 
@@ -120,8 +95,10 @@ def test_write_report_writes_every_file_and_escapes_model_text(tmp_path):
     page = open(paths["html"], encoding="utf-8").read()
     assert "<script>" not in page and "&lt;script&gt;" in page and "Sentiment &lt;b&gt;test&lt;/b&gt;" in page
     assert '<img src="frontier.png"' in page and '<img src="beta_kl.png"' in page
-    # findings: PPO dominated -> reproduced; 3 betas with KL falling -> reproduced; no baselines -> inconclusive
-    assert page.count("<td>reproduced</td>") == 2 and "<td>inconclusive</td>" in page
+    # findings: no per-prompt values -> the frontier claims are inconclusive, saying why; 3 betas with KL
+    # falling (point estimate, r^2 >= 0.8) -> reproduced
+    assert page.count("<td>reproduced</td>") == 1 and page.count("<td>inconclusive</td>") == 3
+    assert "no reference (SFT) evaluation with per-prompt values" in page
     # DPO β=0.1 best at KL <= 2 is step 100 (0.3 at KL 1.0), win rate 0.7 [0.397, 0.892]
     assert "<td>0.300 ± 0.020</td><td>1.000 ± 0.100</td><td>100</td>" in page
     assert "0.700 [0.397, 0.892]" in page
@@ -131,7 +108,8 @@ def test_write_report_writes_every_file_and_escapes_model_text(tmp_path):
     saved = json.load(open(paths["json"], encoding="utf-8"))
     assert saved["extra"] is None and saved["beta_fit"]["n"] == 3
     rows = list(csv.DictReader(open(paths["csv"], encoding="utf-8")))
-    assert len(rows) == 7 and rows[1] == {"method": "dpo", "label": "DPO β=0.1", "beta": "0.1", "step": "100",
+    assert len(rows) == 7 and rows[1] == {"method": "dpo", "label": "DPO β=0.1", "seed": "0", "beta": "0.1",
+                                          "step": "100",
                                           "kl": "1.0", "kl_se": "0.1", "reward": "0.3", "reward_se": "0.02",
                                           "length": "20.0"}
 

@@ -320,9 +320,9 @@ def test_gold_rm_scorer_spec_loads_the_reward_model(trained_rm):
 def test_rankings_train_with_plackett_luce_and_with_likert_margin(tmp_path, sft_dir, capsys):
     rng = random.Random(0)
     recs = []
-    for _ in range(24):
+    for i in range(24):  # 12 prompts with two rankings each: held out by prompt, both go to the same side
         responses = [" " + " ".join(rng.choice(WORDS) for _ in range(4)) + f" {k}" for k in range(3)]
-        recs.append({"prompt": "p", "responses": responses, "ranking": rng.sample(range(3), 3),
+        recs.append({"prompt": f"p{i % 12}", "responses": responses, "ranking": rng.sample(range(3), 3),
                      "likert": [rng.randint(1, 7) for _ in range(3)]})
     write_jsonl(tmp_path / "rank.jsonl", recs)
     for extra in (["--loss", "pl"], ["--loss", "bt", "--margin", "0.5"]):
@@ -333,11 +333,37 @@ def test_rankings_train_with_plackett_luce_and_with_likert_margin(tmp_path, sft_
         assert code == 0, capsys.readouterr().err
         summary = json.loads((out / "summary.json").read_text())
         assert summary["data"]["kind"] == "rankings"
-        assert summary["held_out"]["n"] == 6 * 3  # 6 held-out rankings, C(3, 2) pairs each
+        assert summary["held_out"]["n"] == 6 * 3  # 3 held-out prompts x 2 rankings, C(3, 2) pairs each
+        assert summary["data"]["split"] == {"train_prompts": 9, "eval_prompts": 3, "shared_prompts": 0}
     code = cli.main(["rm", "eval", "--model", str(tmp_path / "pl" / "model"), "--data", str(tmp_path / "rank.jsonl"),
                      "--out", str(tmp_path / "eval.json")])
     assert code == 0
     assert json.loads((tmp_path / "eval.json").read_text())["n"] == 24 * 3
+
+
+def test_held_out_pairs_share_no_prompt_with_training_pairs(tmp_path, sft_dir, capsys):
+    """All C(4, 2) pairs of 4 completions per prompt: the held-out pairs are whole prompts' pairs, so no
+    held-out completion was trained on (split by record, nearly all were)."""
+    import itertools
+
+    recs = [{"prompt": f"prompt {p}", "chosen": f" good {p} {i}", "rejected": f" bad {p} {j}"}
+            for p in range(12) for i, j in itertools.combinations(range(4), 2)]
+    random.Random(0).shuffle(recs)
+    write_jsonl(tmp_path / "pairs.jsonl", recs)
+    out = tmp_path / "run"
+    code = cli.main(["rm", "train", "--data.train", str(tmp_path / "pairs.jsonl"), "--model.name", str(sft_dir),
+                     "--data.eval-fraction", "0.25", "--train.max-steps", "1", "--train.batch-size", "4",
+                     "--train.progress", "False", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["split"] == {"train_prompts": 9, "eval_prompts": 3, "shared_prompts": 0}
+    assert summary["held_out"]["n"] == 3 * 6  # every pair of the 3 held-out prompts, none of the others
+    assert "3 prompts held out" in capsys.readouterr().err
+
+
+def test_an_eval_file_sharing_prompts_with_train_is_reported(trained_rm):
+    _, summary = trained_rm  # _synthetic_pairs draws train and eval prompts from the same three (the warning
+    assert summary["data"]["split"]["shared_prompts"] == 3  # line is tested in test_splits.py)
 
 
 def test_rm_configs_parse():

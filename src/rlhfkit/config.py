@@ -141,7 +141,7 @@ class DataConfig:
     eval: str | None = None
     """Held-out data; None: hold out `eval_fraction` of train."""
     eval_fraction: float = 0.05
-    """Share of train held out when `eval` is not given."""
+    """Share of train's prompts held out when `eval` is not given (every record of a prompt stays on one side)."""
     max_length: int = 128
     """Longest prompt + response in tokens."""
     max_prompt_length: int = 64

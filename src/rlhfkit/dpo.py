@@ -447,29 +447,45 @@ def finish(s: Setup, run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def load_pair_records(data: DataConfig, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) preference records for offline DPO, rankings expanded to their pairs: the `eval` file
+    (with a warning when its prompts also occur in train), else a seeded `eval_fraction` of train's prompts.
+
+    The split is by prompt (`split_train_eval`) and comes before the expansion, so every pair and ranking of
+    a held-out prompt is held out and none of its completions is trained on.
+    """
+    from rlhfkit.data import read_records, warn_shared_prompts
+
+    if not data.train:
+        raise RlhfkitError("no training data: pass --data.train FILE (preferences or rankings JSONL)")
+    kind = detect_kind(data.train)
+    records = read_records(data.train, kind)[: data.max_records]
+    if data.eval:
+        eval_kind = detect_kind(data.eval)
+        held = read_records(data.eval, eval_kind)
+        warn_shared_prompts(records, held, data.train, data.eval)
+        return as_pairs(records, kind), as_pairs(held, eval_kind)
+    train, held = split_train_eval(records, data.eval_fraction, seed)
+    return as_pairs(train, kind), as_pairs(held, kind)
+
+
 def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
     """Offline DPO (or a baseline) on a preferences / rankings file; returns the summary."""
-    from rlhfkit.data import read_records
+    from rlhfkit.data import split_summary
 
+    train_recs, eval_recs = load_pair_records(cfg.data, cfg.train.seed)  # bad data fails before any model loads
     s = setup(cfg)
     run = Run(cfg.out, cfg, is_main=s.accelerator.is_main_process)
-    if not cfg.data.train:
-        raise RlhfkitError("no training data: pass --data.train FILE (preferences or rankings JSONL)")
-    kind = detect_kind(cfg.data.train)
-    records = read_records(cfg.data.train, kind)[: cfg.data.max_records]
-    if cfg.data.eval:
-        train_recs, eval_recs = records, read_records(cfg.data.eval, detect_kind(cfg.data.eval))
-        eval_recs = as_pairs(eval_recs, detect_kind(cfg.data.eval))
-    else:  # split records before expanding rankings: all pairs of one prompt stay on one side
-        train_recs, eval_recs = split_train_eval(records, cfg.data.eval_fraction, cfg.train.seed)
-        eval_recs = as_pairs(eval_recs, kind)
-    train_pairs, dropped = encode_pairs(s.tokenizer, as_pairs(train_recs, kind), cfg.data)
+    train_pairs, dropped = encode_pairs(s.tokenizer, train_recs, cfg.data)
     eval_pairs, _ = encode_pairs(s.tokenizer, eval_recs, cfg.data)
     if not train_pairs:
         raise RlhfkitError(f"{cfg.data.train}: no pair survived the length policy ({dropped} dropped)")
-    say(f"dpo ({cfg.loss}): {len(train_pairs)} training pairs ({dropped} dropped), {len(eval_pairs)} held out")
+    split = split_summary(train_recs, eval_recs)
+    say(f"dpo ({cfg.loss}): {len(train_pairs)} training pairs of {split['train_prompts']} prompts ({dropped} "
+        f"dropped), {len(eval_pairs)} held out of {split['eval_prompts']} prompts")
     summary = train_round(s, train_pairs, eval_pairs, run, [p.prompt for p in eval_pairs])
     summary["dropped_pairs"] = dropped
+    summary["split"] = split
     return finish(s, run, summary)
 
 
@@ -498,35 +514,60 @@ def label_round(s: Setup, candidates: list[dict], round_index: int, scorer: Any)
     return records, dict(counts)
 
 
+def online_round_records(s: Setup, train_prompts: list[str], held_prompts: list[str], round_index: int,
+                         scorer: Any, round_dir: Path) -> tuple[list[dict], list[dict], dict]:
+    """Sample and label one online round; returns (training pairs, held-out pairs, label counts).
+
+    Training pairs come only from the train prompts and held-out pairs only from the held-out prompts, so no
+    held-out prompt is trained on in any round. Writes round-<i>/{candidates,preferences}.jsonl (training)
+    and round-<i>/eval_{candidates,preferences}.jsonl (held out).
+    """
+    from rlhfkit.data import write_jsonl
+
+    held = set(held_prompts)
+    candidates = sample_candidates(s, train_prompts + held_prompts, round_index)  # one sampling pass for both
+    records, counts = label_round(s, candidates, round_index, scorer)
+    train_recs = [r for r in records if r["prompt"] not in held]
+    eval_recs = [r for r in records if r["prompt"] in held]
+    if s.accelerator.is_main_process:
+        write_jsonl(round_dir / "candidates.jsonl", [c for c in candidates if c["prompt"] not in held])
+        write_jsonl(round_dir / "preferences.jsonl", train_recs)
+        write_jsonl(round_dir / "eval_candidates.jsonl", [c for c in candidates if c["prompt"] in held])
+        write_jsonl(round_dir / "eval_preferences.jsonl", eval_recs)
+    return train_recs, eval_recs, counts
+
+
 def run_online(cfg: DPOConfig) -> dict[str, Any]:
     """Iterated DPO: each round samples from the current policy, labels the pairs with the judge and trains on
-    them; pi_ref stays the initial model. Round i keeps round-<i>/{candidates,preferences}.jsonl and model."""
-    from rlhfkit.data import read_records, write_jsonl
+    them; pi_ref stays the initial model. Round i keeps round-<i>/{candidates,preferences}.jsonl and model.
+
+    The prompts are split by prompt once, before any round (<out>/heldout_prompts.jsonl): held-out prompts are
+    sampled and labelled every round for that round's eval pairs and the sampled KL, and never trained on."""
+    from rlhfkit.data import read_records, split_summary, write_jsonl
     from rlhfkit.labeling.gold import make_scorer
 
     if not cfg.prompts:
         raise RlhfkitError("--online needs --prompts FILE (prompts JSONL)")
     scorer = make_scorer(cfg.judge)  # fail before any sampling if the judge cannot be built
+    prompts = [r["prompt"] for r in read_records(cfg.prompts, "prompts")][: cfg.data.max_records]
     s = setup(cfg)
     run = Run(cfg.out, cfg, is_main=s.accelerator.is_main_process)
-    prompts = [r["prompt"] for r in read_records(cfg.prompts, "prompts")][: cfg.data.max_records]
     train_prompts, held_prompts = split_train_eval(prompts, cfg.data.eval_fraction, cfg.train.seed)
+    if s.accelerator.is_main_process:
+        write_jsonl(run.dir / "heldout_prompts.jsonl", [{"prompt": p} for p in held_prompts])
     rounds = []
     for i in range(1, cfg.rounds + 1):
         round_dir = run.dir / f"round-{i}"
-        candidates = sample_candidates(s, train_prompts, i)
-        records, counts = label_round(s, candidates, i, scorer)
-        if s.accelerator.is_main_process:
-            write_jsonl(round_dir / "candidates.jsonl", candidates)
-            write_jsonl(round_dir / "preferences.jsonl", records)
-        train_recs, eval_recs = split_train_eval(records, cfg.data.eval_fraction, cfg.train.seed + i)
+        train_recs, eval_recs, counts = online_round_records(s, train_prompts, held_prompts, i, scorer, round_dir)
         train_pairs, _ = encode_pairs(s.tokenizer, train_recs, cfg.data)
         eval_pairs, _ = encode_pairs(s.tokenizer, eval_recs, cfg.data)
         if not train_pairs:
             raise RlhfkitError(f"round {i}: the judge left no usable pair ({counts}); sample more or longer")
-        say(f"dpo online round {i}/{cfg.rounds}: {len(train_pairs)} pairs from {len(candidates)} prompts {counts}")
+        say(f"dpo online round {i}/{cfg.rounds}: {len(train_pairs)} pairs from {len(train_prompts)} prompts, "
+            f"{len(eval_pairs)} held out from {len(held_prompts)} prompts {counts}")
         round_run = Run(round_dir, cfg, s.accelerator.is_main_process)
         summary = train_round(s, train_pairs, eval_pairs, round_run, held_prompts or train_prompts)
+        summary["split"] = split_summary(train_recs, eval_recs)
         rounds.append(finish(s, round_run, {**summary, "labeling": counts}))
         run.log(i, {f"round/{k}": v for k, v in rounds[-1]["eval"].items()})
     return finish(s, run, {**rounds[-1], "rounds": rounds, "online": True, "judge": cfg.judge})
@@ -576,6 +617,18 @@ def beta_for_kl_main(argv: list[str]) -> int:
         beta = predict_beta(fit, args.target_kl)
     except ValueError as err:
         raise RlhfkitError(str(err)) from None
-    print(json.dumps({"fit": fit.to_dict(), "target_kl": args.target_kl, "beta": beta,
+    extrapolated = warn_if_extrapolated(args.target_kl, [k for _, k in points])
+    print(json.dumps({"fit": fit.to_dict(), "target_kl": args.target_kl, "beta": beta, "extrapolated": extrapolated,
                       "runs": [{"run": d, "beta": b, "kl": k} for d, (b, k) in zip(args.runs, points)]}))
     return 0
+
+
+def warn_if_extrapolated(target_kl: float, kls: list[float]) -> bool:
+    """Is `target_kl` outside [min, max] of the fitted runs' KLs? Then say so (one line on stderr): the line is
+    fitted on log-log axes, and far from its points a small error in the slope moves beta a lot."""
+    low, high = min(kls), max(kls)
+    if low <= target_kl <= high:
+        return False
+    say(f"warning: target KL {target_kl:g} is outside the fitted runs' KL range [{low:g}, {high:g}]: "
+        "the beta is extrapolated")
+    return True

@@ -7,7 +7,6 @@ to import); `rlhfkit.report` does.
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +18,15 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from rlhfkit.stats import BetaKLFit, frontier
 
 MARKERS = "osD^vP*Xh<>"
+STYLE_ORDER = ("sft", "dpo", "ppo", "ppo_gt", "preferred_ft", "unlikelihood", "best_of_n")
+"""Methods with a fixed colour and marker, in this order; any other method gets the next free pair."""
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """One (colour, marker) per method name, the same in every plot of a report: the known methods
+    (STYLE_ORDER) always get the same pair, others follow in first-seen order."""
+    names = list(STYLE_ORDER) + [m for m in dict.fromkeys(methods) if m not in STYLE_ORDER]
+    return {name: (f"C{i % 10}", MARKERS[i % len(MARKERS)]) for i, name in enumerate(names)}
 
 
 def _figure() -> tuple[Figure, Any]:
@@ -42,22 +50,24 @@ def _group(rows: Sequence[dict], key: str = "method") -> dict[str, list[dict]]:
     return groups
 
 
-def plot_frontier(rows: Sequence[dict], path: str | Path) -> str:
+def plot_frontier(rows: Sequence[dict], path: str | Path, names: dict[str, str] | None = None) -> str:
     """Mean gold reward against KL(pi || pi_ref) for every checkpoint, one colour and marker per method.
 
     rows: dicts {method, kl, reward, reward_se?, kl_se?, label?}. Error bars show the standard errors when
     given; `label` (e.g. "beta=0.1") is written next to the point; each method's Pareto frontier (lower KL,
-    higher reward) is drawn as a line. Up-and-left is better.
+    higher reward) is drawn as a thin line. Up-and-left is better. names: legend text per method.
     """
     fig, ax = _figure()
-    colours = itertools.cycle(f"C{i}" for i in range(10))
-    for (method, group), marker, colour in zip(_group(rows).items(), itertools.cycle(MARKERS), colours):
+    groups = _group(rows)
+    styles = method_styles(list(groups))
+    for method, group in groups.items():
+        colour, marker = styles[method]
         kl = [float(r["kl"]) for r in group]
         reward = [float(r["reward"]) for r in group]
         xerr = [float(r.get("kl_se") or 0.0) for r in group]
         yerr = [float(r.get("reward_se") or 0.0) for r in group]
         ax.errorbar(kl, reward, xerr=xerr, yerr=yerr, fmt=marker, color=colour, alpha=0.8, capsize=2,
-                    label=method)
+                    label=(names or {}).get(method, method))
         best = frontier(list(zip(kl, reward)))
         if len(best) > 1:
             ax.plot([p[0] for p in best], [p[1] for p in best], "-", color=colour, alpha=0.6)
@@ -65,8 +75,8 @@ def plot_frontier(rows: Sequence[dict], path: str | Path) -> str:
             if r.get("label"):
                 ax.annotate(str(r["label"]), (float(r["kl"]), float(r["reward"])), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("KL(π || π_ref)  (nats)")
-    ax.set_ylabel("mean gold reward")
+    ax.set_xlabel("KL(π ‖ π_ref) to the SFT policy (nats per completion)")
+    ax.set_ylabel("mean gold reward on held-out prompts")
     ax.set_title("Reward vs KL frontier (up and left is better)")
     ax.grid(alpha=0.3)
     if rows:
@@ -77,18 +87,19 @@ def plot_frontier(rows: Sequence[dict], path: str | Path) -> str:
 def plot_beta_kl(betas: Sequence[float], kls: Sequence[float], fit: BetaKLFit | None, path: str | Path) -> str:
     """Log-log scatter of KL against beta with the fitted line log KL = slope * log beta + intercept."""
     fig, ax = _figure()
-    ax.loglog(betas, kls, "o", label="DPO runs")
+    colour, marker = method_styles(["dpo"])["dpo"]  # DPO's colour and marker in every plot
+    ax.loglog(betas, kls, marker, color=colour, label="DPO runs (final checkpoint)")
     if fit is not None and len(betas) > 0:
         lo, hi = math.log(min(betas)), math.log(max(betas))
         xs = [math.exp(lo + (hi - lo) * i / 49) for i in range(50)]
-        ax.loglog(xs, [math.exp(fit.intercept) * x**fit.slope for x in xs], "-",
+        ax.loglog(xs, [math.exp(fit.intercept) * x**fit.slope for x in xs], "-", color=colour,
                   label=f"fit: slope {fit.slope:.2f}, r² {fit.r2:.2f}")
     for axis in (ax.xaxis, ax.yaxis):  # ticks at 1-2-5 steps, written 0.1, 0.2, 0.5 rather than 10^-1
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("β")
-    ax.set_ylabel("KL(π || π_ref)  (nats)")
+    ax.set_xlabel("β (DPO's KL weight)")
+    ax.set_ylabel("KL(π ‖ π_ref) (nats per completion)")
     ax.set_title("How β sets the KL reached")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -96,20 +107,23 @@ def plot_beta_kl(betas: Sequence[float], kls: Sequence[float], fit: BetaKLFit | 
 
 
 def plot_bars(rows: Sequence[dict], path: str | Path, value: str, title: str,
-              reference: float | None = None) -> str:
-    """One bar per row (x = row["method"], height = row[value]) with error bars from row["low"] / row["high"]
-    when present; `reference` draws a dashed horizontal line (0.5 for win rates: no better than the baseline).
+              reference: float | None = None, ylabel: str | None = None) -> str:
+    """One bar per row (height = row[value], x label = row.get("label", row["method"])) coloured by
+    row["method"] as in every other plot, with error bars from row["low"] / row["high"] when present;
+    `reference` draws a dashed horizontal line (0.5 for win rates: no better than the baseline).
     """
     fig, ax = _figure()
-    names = [str(r["method"]) for r in rows]
+    names = [str(r.get("label") or r["method"]) for r in rows]
+    styles = method_styles([str(r["method"]) for r in rows])
     heights = [float(r[value]) for r in rows]
     below = [heights[i] - float(r["low"]) if r.get("low") is not None else 0.0 for i, r in enumerate(rows)]
     above = [float(r["high"]) - heights[i] if r.get("high") is not None else 0.0 for i, r in enumerate(rows)]
-    ax.bar(range(len(rows)), heights, yerr=[below, above], capsize=4, color=[f"C{i % 10}" for i in range(len(rows))])
+    ax.bar(range(len(rows)), heights, yerr=[below, above], capsize=4,
+           color=[styles[str(r["method"])][0] for r in rows])
     ax.set_xticks(range(len(rows)), names, rotation=20, ha="right")
     if reference is not None:
         ax.axhline(reference, linestyle="--", color="grey", linewidth=1)
-    ax.set_ylabel(value)
+    ax.set_ylabel(ylabel or value)
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)

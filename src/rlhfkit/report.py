@@ -1,12 +1,9 @@
-"""The experiment report: decides each finding from the numbers, then renders HTML, Markdown, JSON, CSV, plots.
+"""The experiment report: renders the numbers and the findings as HTML, Markdown, JSON, CSV and plots.
 
-The findings are decided here by fixed, documented criteria (`finding_*`), and rendered only as
-"reproduced" / "did not reproduce" / "inconclusive" from a True / False / None, so an experiment cannot
-tune how its outcome is worded. Every piece of text in the report is escaped: completions are model output
-and untrusted.
-
-Method names the findings look for (the `method` field of each entry in `results["methods"]`):
-"dpo", "ppo", "preferred_ft", "unlikelihood"; the win-rate baseline is the SFT policy.
+The findings themselves are decided in `rlhfkit.findings` (every verdict rule lives there) and rendered here
+only as "reproduced" / "did not reproduce" / "inconclusive", each with its interval and the smallest gap the
+run could have detected. Every piece of text in the report is escaped: completions are model output and
+untrusted. Every plot gives a method the same colour and marker (`plots.method_styles`).
 """
 
 from __future__ import annotations
@@ -19,99 +16,17 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from rlhfkit.findings import NAMES, beta_kl_points, length_table, verdict
 from rlhfkit.stats import BetaKLFit
 
-DPO, PPO, PREFERRED_FT, UNLIKELIHOOD = "dpo", "ppo", "preferred_ft", "unlikelihood"
-VERDICTS = {True: "reproduced", False: "did not reproduce", None: "inconclusive"}
-CSV_COLUMNS = ["method", "label", "beta", "step", "kl", "kl_se", "reward", "reward_se", "length"]
-
-
-def verdict(reproduced: bool | None) -> str:
-    """The only three words a finding can be rendered with; anything but True / False / None is an error."""
-    if reproduced is not True and reproduced is not False and reproduced is not None:
-        raise ValueError(f"a finding's 'reproduced' must be true, false or null, got {reproduced!r}")
-    return VERDICTS[reproduced]
-
-
-def _checkpoints(methods: Sequence[dict], name: str) -> list[dict]:
-    """All checkpoints of every entry whose method is `name` (e.g. DPO at several betas)."""
-    return [c for m in methods if m["method"] == name for c in m.get("checkpoints", [])]
+CSV_COLUMNS = ["method", "label", "seed", "beta", "step", "kl", "kl_se", "reward", "reward_se", "length"]
 
 
 def best_within_budget(checkpoints: Sequence[dict], budget: float) -> dict | None:
-    """The checkpoint with the highest mean reward among those with kl <= budget (lower KL breaks ties)."""
+    """The checkpoint with the highest mean reward among those with kl <= budget (lower KL breaks ties).
+    Descriptive only (the maximum of noisy points is biased upwards): findings use `rlhfkit.findings`."""
     inside = [c for c in checkpoints if c["kl"] <= budget]
     return max(inside, key=lambda c: (c["reward"], -c["kl"])) if inside else None
-
-
-def beta_kl_points(methods: Sequence[dict]) -> tuple[list[float], list[float]]:
-    """(betas, kls) for the beta fit: the final checkpoint (largest step) of each DPO entry with a beta.
-
-    The experiment should fit `stats.fit_beta_kl` on exactly these points so the plot shows what was fitted.
-    """
-    betas, kls = [], []
-    for m in methods:
-        if m["method"] == DPO and m.get("beta") is not None and m.get("checkpoints"):
-            betas.append(float(m["beta"]))
-            kls.append(float(max(m["checkpoints"], key=lambda c: c["step"])["kl"]))
-    return betas, kls
-
-
-def _point(c: dict) -> str:
-    return f"step {c.get('step')} (KL {c['kl']:.3f}, reward {c['reward']:.3f})"
-
-
-def finding_dpo_dominates_ppo(methods: Sequence[dict]) -> dict:
-    """DPO's reward-KL frontier dominates PPO's (DPO paper, Fig. 2 left).
-
-    Criterion: reproduced when EVERY PPO checkpoint is matched by some DPO checkpoint (any beta) with
-    KL <= its KL and mean reward >= its reward, on point estimates; not reproduced when at least one PPO
-    checkpoint is unmatched; inconclusive when either method has no checkpoints.
-    """
-    claim = "DPO's reward-vs-KL frontier dominates PPO's (DPO paper, Figure 2 left)"
-    dpo, ppo = _checkpoints(methods, DPO), _checkpoints(methods, PPO)
-    if not dpo or not ppo:
-        return {"claim": claim, "reproduced": None,
-                "evidence": f"needs checkpoints of both: {len(dpo)} DPO, {len(ppo)} PPO"}
-    unmatched = [p for p in ppo if not any(d["kl"] <= p["kl"] and d["reward"] >= p["reward"] for d in dpo)]
-    evidence = f"{len(ppo) - len(unmatched)} of {len(ppo)} PPO checkpoints have a DPO checkpoint with KL <= and reward >="
-    if unmatched:
-        evidence += f"; first unmatched PPO {_point(unmatched[0])}"
-    return {"claim": claim, "reproduced": not unmatched, "evidence": evidence}
-
-
-def finding_beta_sets_kl(beta_fit: BetaKLFit | dict | None) -> dict:
-    """Beta sets the KL DPO reaches: log(KL) falls linearly in log(beta).
-
-    Criterion: reproduced when the fit over >= 3 points has r^2 >= 0.8 and slope < 0; not reproduced
-    otherwise; inconclusive with no fit or fewer than 3 points (two points always lie on a line).
-    """
-    claim = "beta sets the KL DPO reaches: log(KL) falls linearly as log(beta) grows"
-    if beta_fit is None:
-        return {"claim": claim, "reproduced": None, "evidence": "no beta fit (needs DPO runs at >= 2 betas)"}
-    fit = beta_fit if isinstance(beta_fit, BetaKLFit) else BetaKLFit(**{k: beta_fit[k] for k in ("slope", "intercept", "r2", "n")})
-    evidence = f"slope {fit.slope:.3f}, r^2 {fit.r2:.3f} over {fit.n} runs (criterion: >= 3 runs, r^2 >= 0.8, slope < 0)"
-    if fit.n < 3:
-        return {"claim": claim, "reproduced": None, "evidence": evidence}
-    return {"claim": claim, "reproduced": fit.r2 >= 0.8 and fit.slope < 0, "evidence": evidence}
-
-
-def finding_baselines_fall_short(methods: Sequence[dict], budget: float) -> dict:
-    """At the KL budget, DPO beats the DPO paper's baselines (preferred-FT and unlikelihood).
-
-    Criterion: with best(m) the highest mean reward among method m's checkpoints with KL <= budget,
-    reproduced when best(dpo) > best(preferred_ft) and best(dpo) > best(unlikelihood); not reproduced when
-    either baseline is >= DPO; inconclusive when any of the three has no checkpoint within the budget.
-    """
-    claim = f"at KL <= {budget:g} nats, DPO's best reward exceeds preferred-FT's and unlikelihood's"
-    best = {name: best_within_budget(_checkpoints(methods, name), budget) for name in (DPO, PREFERRED_FT, UNLIKELIHOOD)}
-    missing = [name for name, c in best.items() if c is None]
-    if missing:
-        return {"claim": claim, "reproduced": None,
-                "evidence": f"no checkpoint within the budget for: {', '.join(missing)}"}
-    evidence = "; ".join(f"{name} {best[name]['reward']:.3f} at KL {best[name]['kl']:.3f}" for name in best)
-    reproduced = all(best[DPO]["reward"] > best[name]["reward"] for name in (PREFERRED_FT, UNLIKELIHOOD))
-    return {"claim": claim, "reproduced": reproduced, "evidence": evidence}
 
 
 def method_table(methods: Sequence[dict], budget: float) -> list[dict]:
@@ -149,8 +64,14 @@ def _method_rows(table: Sequence[dict]) -> list[list[str]]:
 
 def _sections(results: dict, table: Sequence[dict], plots: dict[str, str]) -> list[dict]:
     budget = results.get("budget")
-    sections = [{"heading": "Findings", "table": (["claim", "verdict", "evidence"], [
-        [f["claim"], verdict(f["reproduced"]), f.get("evidence", "")] for f in results.get("findings", [])])}]
+    sections = [{"heading": "Findings",
+                 "text": ["Each claim is decided from a confidence interval (rules: rlhfkit.findings): reproduced "
+                          "when it excludes zero in the claimed direction, did not reproduce when it excludes zero "
+                          "in the other, inconclusive otherwise. 'Detectable' is the smallest true gap in mean "
+                          "reward the run would have found with 80% power."],
+                 "table": (["claim", "verdict", "evidence", "detectable"], [
+                     [f["claim"], verdict(f["reproduced"]), f.get("evidence", ""), _fmt(f.get("detectable"))]
+                     for f in results.get("findings", [])])}]
     sections.append({"heading": f"Methods at KL ≤ {_fmt(budget, 'g')} nats",
                      "text": ["Best mean gold reward among each method's checkpoints within the KL budget "
                               "(± standard error), the KL and mean completion length of that checkpoint, and the "
@@ -158,6 +79,9 @@ def _sections(results: dict, table: Sequence[dict], plots: dict[str, str]) -> li
                      "table": (["method", "β", "reward", "KL (nats)", "step", "mean length", "win rate vs SFT"],
                                _method_rows(table))})
     sections.append({"heading": "Plots", "images": [Path(p).name for p in plots.values()]})
+    lengths = length_table(results.get("methods", []))
+    if lengths:
+        sections.append(_length_section(lengths))
     rm = results.get("reward_model")
     if rm:
         sections.append({"heading": "Reward model",
@@ -174,6 +98,21 @@ def _sections(results: dict, table: Sequence[dict], plots: dict[str, str]) -> li
     commands = results.get("commands")
     sections.append({"heading": "Command", "code": "\n".join(commands) if isinstance(commands, list) else str(commands or "")})
     return sections
+
+
+def _length_section(rows: Sequence[dict]) -> dict:
+    slope, length0 = rows[0]["slope"], rows[0]["reference_length"]
+    def interval(e: dict) -> str:
+        return f"{_fmt(e['mean'], '+.3f')} [{_fmt(e['low'], '+.3f')}, {_fmt(e['high'], '+.3f')}]"
+    return {"heading": "Does the gain survive controlling for length?",
+            "text": [f"Each run's final checkpoint: reward gain over the SFT policy, paired over prompts (95% "
+                     f"bootstrap CI), raw and with every reward moved to the SFT mean length ({length0:.1f} tokens) "
+                     "by the within-checkpoint slope of reward on length, re-estimated in each resample (pooled "
+                     f"over every checkpoint it is {slope:+.4f} per token). A gain that is significant raw but not "
+                     "controlled was bought with length."],
+            "table": (["method", "step", "mean length", "gain over SFT", "length-controlled gain"],
+                      [[r["label"], _fmt(r["step"], "d"), _fmt(r["length"], ".1f"), interval(r["gain"]),
+                        interval(r["controlled"])] for r in rows])}
 
 
 def _e(text: Any) -> str:
@@ -245,7 +184,7 @@ def _write_csv(methods: Sequence[dict], path: Path) -> str:
         for m in methods:
             for c in m.get("checkpoints", []):
                 writer.writerow({"method": m["method"], "label": m.get("label") or m["method"],
-                                 "beta": m.get("beta"), **c})
+                                 "seed": m.get("seed", 0), "beta": m.get("beta"), **c})
     return str(path)
 
 
@@ -260,17 +199,19 @@ def _write_plots(results: dict, run_dir: Path) -> dict[str, str]:
         rows += [{**c, "method": m["method"], "label": tag if c["step"] == last else None}
                  for c in m.get("checkpoints", [])]
     if rows:
-        written["frontier"] = plots.plot_frontier(rows, run_dir / "frontier.png")
+        names = {**NAMES, "sft": "SFT (reference)", "best_of_n": "best-of-N"}
+        written["frontier"] = plots.plot_frontier(rows, run_dir / "frontier.png", names)
     fit = results.get("beta_fit")
     betas, kls = beta_kl_points(methods)
     if fit is not None and len(betas) >= 2:
         fit = fit if isinstance(fit, BetaKLFit) else BetaKLFit(**{k: fit[k] for k in ("slope", "intercept", "r2", "n")})
         written["beta_kl"] = plots.plot_beta_kl(betas, kls, fit, run_dir / "beta_kl.png")
-    bars = [{"method": m.get("label") or m["method"], **m["win_rate_vs_sft"]}
+    bars = [{"method": m["method"], "label": m.get("label") or m["method"], **m["win_rate_vs_sft"]}
             for m in methods if m.get("win_rate_vs_sft")]
     if bars:
         written["win_rates"] = plots.plot_bars(bars, run_dir / "win_rates.png", "rate",
-                                               "Win rate against the SFT policy (95% Wilson CI)", reference=0.5)
+                                               "Win rate of each final policy against the SFT policy (95% Wilson CI)",
+                                               reference=0.5, ylabel="win rate vs SFT (ties count half)")
     return written
 
 
@@ -281,13 +222,16 @@ def write_report(run_dir: str | Path, results: dict) -> dict[str, str]:
       title: str; preset: str; budget: float, the KL budget (nats) of the per-method table;
       commands: str | list[str], the command(s) that produced the run;
       stages: [{name, seconds, status}];
-      methods: [{method: "sft" | "dpo" | "ppo" | "preferred_ft" | "unlikelihood" | ..., label: str,
-                 beta: float | None, checkpoints: [{step, kl, kl_se, reward, reward_se, length}],
+      methods: [{method: "sft" | "dpo" | "ppo" | "ppo_gt" | "preferred_ft" | "unlikelihood" | ..., label: str,
+                 seed: int (which --seeds replicate; default 0), beta: float | None,
+                 checkpoints: [{step, kl, kl_se, reward, reward_se, length,
+                                rewards, kls, lengths (per-prompt values, optional: findings need them)}],
                  win_rate_vs_sft: {rate, low, high, wins, losses, ties, n} (stats.WinRate.to_dict()) | None}];
       reward_model: {accuracy, n, calibration: stats.calibration_table(...)} | None;
       samples: [{prompt: str, completions: {label: text}}] (untrusted text: always escaped);
-      beta_fit: stats.BetaKLFit (or its dict) fitted on report.beta_kl_points(methods) | None;
-      findings: [{claim, reproduced: True | False | None, evidence: str}], e.g. from the finding_* helpers.
+      beta_fit: stats.BetaKLFit (or its dict) fitted on findings.beta_kl_points(methods) | None;
+      findings: [{claim, reproduced: True | False | None, evidence: str, detectable: float | None}], from
+                `rlhfkit.findings` (e.g. `sentiment_findings`).
     Returns {"html", "markdown", "json", "csv", and each plot written: "frontier", "beta_kl", "win_rates"}.
     """
     run_dir = Path(run_dir)

@@ -46,7 +46,8 @@ import torch
 from rlhfkit import config as config_lib
 from rlhfkit import prefix
 from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from rlhfkit.data import Encoded, TokenBatch, TruncationStats, collate, encode_pair, load_train_eval, read_records
+from rlhfkit.data import (Encoded, TokenBatch, TruncationStats, collate, encode_pair, load_train_eval, read_records,
+                          split_summary)
 from rlhfkit.errors import DataError, RlhfkitError
 from rlhfkit.generation import positions
 from rlhfkit.losses import bradley_terry_loss, plackett_luce_loss
@@ -555,16 +556,18 @@ def run_rm_train(cfg: RMConfig) -> dict[str, Any]:
     accelerator = make_accelerator(cfg.train)
     run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)
     kind = detect_kind(cfg.data.train, cfg.format, ("preferences", "rankings"))
-    train_recs, eval_recs = load_train_eval(cfg.data, kind, cfg.train.seed)
+    train_recs, eval_recs = load_train_eval(cfg.data, kind, cfg.train.seed)  # held out by prompt
     model, tokenizer = load_reward_model(cfg.model, cfg.train.seed)
     train, stats = encode_groups(tokenizer, train_recs, cfg.data)
     held, held_stats = encode_groups(tokenizer, eval_recs, cfg.data)
     if not train:
         raise RlhfkitError(f"no training {kind} left after encoding ({stats.as_dict()})")
     _check_margin(cfg, train)
-    say(f"rm: {len(train)} prompts / {sum(len(g.examples) for g in train)} responses to train on "
-        f"({stats.truncation.summary()}; {stats.duplicates} repeated responses and {stats.too_few} records with "
-        f"< 2 responses dropped), {len(held)} held out")
+    split = split_summary(train_recs, eval_recs)
+    say(f"rm: {len(train)} records of {split['train_prompts']} prompts / {sum(len(g.examples) for g in train)} "
+        f"responses to train on ({stats.truncation.summary()}; {stats.duplicates} repeated responses and "
+        f"{stats.too_few} records with < 2 responses dropped), {len(held)} records of {split['eval_prompts']} "
+        "prompts held out")
     pad = tokenizer.pad_token_id
     shared = cfg.shared_prefix and supports_packing(model)
     rm = RewardModel(model)
@@ -575,7 +578,8 @@ def run_rm_train(cfg: RMConfig) -> dict[str, Any]:
     report = pair_report(held_rewards, cfg.calibration_bins)
     norm = _norm_for(cfg, model, tokenizer, held_rewards, train, cfg.train.batch_size)
     summary = {"step": result.step, "status": result.status, "held_out": report, "reward_norm": norm,
-               "data": {"kind": kind, "train": stats.as_dict(), "eval": held_stats.as_dict()},
+               "data": {"kind": kind, "train": stats.as_dict(), "eval": held_stats.as_dict(),
+                        "split": split},
                "tokens_per_s": result.tokens_per_second, "seconds": result.seconds, "model": str(run.dir / "model")}
     if accelerator.is_main_process:
         encoding = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length}
