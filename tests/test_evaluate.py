@@ -15,7 +15,7 @@ def test_kl_is_zero_against_itself_and_positive_against_another_model(tiny_token
     prompts = ["the movie", "a bad plot", "i loved"]
     cfg = SamplingConfig(max_new_tokens=6, samples_per_prompt=4)
     same = evaluate_policy(tiny_model, tiny_model, tiny_tokenizer, prompts, length_scorer, cfg, seed=1)
-    assert same.kl.mean == 0.0 and same.kl.se == 0.0 and same.reward.n == 12
+    assert same.kl.mean == 0.0 and same.kl.se == 0.0 and same.reward.n == 3  # clustered: n counts prompts
     assert len(same.completions) == 12 and same.length > 0
     other = build_tiny(tiny_tokenizer, tiny_arch, seed=1)
     with torch.no_grad():

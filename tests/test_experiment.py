@@ -14,7 +14,7 @@ def smoke_run(tmp_path_factory):
     from dataclasses import replace
 
     out = tmp_path_factory.mktemp("sentiment") / "smoke"
-    cfg = replace(PRESETS["smoke"], out=str(out), threads=1)
+    cfg = replace(PRESETS["smoke"], out=str(out), threads=1, seeds=2)  # two replicates: the pooled path runs
     return cfg, run_experiment(cfg)
 
 
@@ -31,8 +31,20 @@ def test_smoke_experiment_writes_a_report_with_every_method_on_the_frontier(smok
         assert m["checkpoints"], f"{m['label']} has no point on the frontier"
         for c in m["checkpoints"]:
             assert all(math.isfinite(c[k]) for k in ("kl", "reward", "length")), (m["label"], c)
-    assert len(results["findings"]) == 3
-    assert {f["reproduced"] for f in results["findings"]} <= {True, False, None}
+    assert {m["seed"] for m in results["methods"] if m["method"] == "ppo"} == {0, 1}
+    for m in results["methods"]:  # per-prompt values over the same held-out prompts, for the paired bootstrap
+        for c in m["checkpoints"]:
+            assert len(c["rewards"]) == len(c["kls"]) == len(c["lengths"]) == cfg.eval_prompts, m["label"]
+    assert len(results["findings"]) == 4
+    for f in results["findings"][:2] + results["findings"][3:]:  # frontier claims: an interval, or why not
+        for c in f.get("comparisons", {}).values():
+            assert c["low"] <= c["gap"] <= c["high"] and c["n_prompts"] == cfg.eval_prompts
+            assert c["winner"] == ("a" if c["low"] > 0 else "b" if c["high"] < 0 else None)
+        assert f.get("comparisons") or f["reproduced"] is None, f
+        if "comparisons" in f and len(f["comparisons"]) == 2:  # one frontier claim: its verdict is its interval's
+            c = next(iter(f["comparisons"].values()))
+            assert f["reproduced"] == {"a": True, "b": False, None: None}[c["winner"]]
+    assert (Path(out) / "seed1" / "stages" / "ppo.json").exists()
     html = (Path(out) / "report.html").read_text()
     assert "<script" not in html.lower()
 

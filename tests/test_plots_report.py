@@ -27,7 +27,7 @@ def test_plots_write_nonempty_pngs(tmp_path):
     rows = [{"method": "dpo", "kl": 1.0, "reward": 0.3, "reward_se": 0.02, "kl_se": 0.1, "label": "β=0.5"},
             {"method": "dpo", "kl": 3.0, "reward": 0.6},
             {"method": "ppo", "kl": 2.0, "reward": 0.25, "reward_se": None}]
-    path = plots.plot_frontier(rows, tmp_path / "sub" / "frontier.png")
+    path = plots.plot_frontier(rows, tmp_path / "sub" / "frontier.png", {"dpo": "DPO"}, {"dpo": (0.2, 0.1, 0.0, 3.0)})
     assert path == str(tmp_path / "sub" / "frontier.png") and _is_png(path)
     fit = fit_beta_kl([0.1, 0.5, 1.0], [30.0, 6.0, 3.0])
     assert _is_png(plots.plot_beta_kl([0.1, 0.5, 1.0], [30.0, 6.0, 3.0], fit, tmp_path / "beta.png"))

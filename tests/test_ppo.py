@@ -59,25 +59,31 @@ def _prompt_ids(tok, texts):
 
 
 # ------------------------------------------------------------------------------------------------ invariants
-def test_policy_forward_matches_generation_logprobs_with_left_padding(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("temperature, min_new", [(1.0, 0), (0.7, 4)])
+def test_policy_forward_matches_generation_logprobs_with_left_padding(tiny_model, tiny_tokenizer, temperature,
+                                                                      min_new):
     """The PPO forward (logits_to_keep, response slice) agrees with rlhfkit.generation.response_logprobs and
-    with the sampler's own log-probs, for prompts of different lengths (left padding)."""
+    with the sampler's own log-probs, for prompts of different lengths (left padding), under the sampling
+    constraint (temperature, EOS forbidden before min_new tokens)."""
     tok = tiny_tokenizer
     rollout = sample(tiny_model, _prompt_ids(tok, ["the", "the movie was great fun", "a plot"]), tok.pad_token_id,
-                     tok.eos_token_id, num_samples=2, max_new_tokens=6, seed=1)
+                     tok.eos_token_id, num_samples=2, max_new_tokens=6, temperature=temperature,
+                     min_new_tokens=min_new, seed=1)
     module = ppo.PolicyWithValue(tiny_model, value_head=True).eval()
     chunks = [torch.arange(6)]
-    logps, values, entropy, _ = ppo.policy_logprobs(module, rollout, chunks, 1.0, "cpu")
+    logps, values, entropy, _ = ppo.policy_logprobs(module, rollout, chunks, temperature, "cpu", False, min_new,
+                                                    tok.eos_token_id)
     mask = rollout.response_mask.bool()
     with torch.no_grad():
-        expected = response_logprobs(tiny_model, rollout)
+        expected = response_logprobs(tiny_model, rollout, temperature=temperature, min_new_tokens=min_new,
+                                     eos_id=tok.eos_token_id)
     torch.testing.assert_close(logps[mask], expected[mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(logps[mask], rollout.logprobs[mask], atol=1e-4, rtol=0)
     assert torch.equal(values, torch.zeros_like(values))  # zero-initialised value head
     assert (entropy[mask] > 0).all()
 
 
-def _parts(model, tok, lora: bool = False):
+def _parts(model, tok, lora: bool = False, min_new_tokens: int = 0):
     from rlhfkit.loop import make_accelerator
     from rlhfkit.models import apply_lora
 
@@ -85,34 +91,38 @@ def _parts(model, tok, lora: bool = False):
     module = ppo.PolicyWithValue(policy, value_head=True).eval()
     optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.5)
     rollout = sample(policy, _prompt_ids(tok, ["the", "the movie was great fun", "a plot", "i loved"]),
-                     tok.pad_token_id, tok.eos_token_id, num_samples=2, max_new_tokens=6, seed=2)
+                     tok.pad_token_id, tok.eos_token_id, num_samples=2, max_new_tokens=6,
+                     min_new_tokens=min_new_tokens, seed=2)
     return module, ppo.make_reference(policy), optimizer, make_accelerator(TrainConfig()), rollout
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_kl_zero_before_update_and_ratio_exactly_one_on_first_minibatch(tiny_model, tiny_tokenizer, lora):
-    module, reference, optimizer, accelerator, rollout = _parts(tiny_model, tiny_tokenizer, lora)
+@pytest.mark.parametrize("lora, min_new", [(False, 0), (True, 0), (False, 4), (True, 4)])
+def test_kl_zero_before_update_and_ratio_exactly_one_on_first_minibatch(tiny_model, tiny_tokenizer, lora, min_new):
+    """Also with EOS forbidden for the first min_new tokens: old, reference and training log-probs all use the
+    constrained distribution, so the ratio is still exactly 1 on the first minibatch."""
+    module, reference, optimizer, accelerator, rollout = _parts(tiny_model, tiny_tokenizer, lora, min_new)
     assert (reference is None) == lora  # LoRA: the base with the adapter disabled is the reference
+    eos = tiny_tokenizer.eos_token_id
     epochs = [ppo.minibatches(8, 4, seed=k) for k in range(2)]
-    old, values, _, _ = ppo.policy_logprobs(module, rollout, epochs[0], 1.0, "cpu")
-    ref = ppo.reference_logprobs(module, reference, rollout, epochs[0], 1.0, "cpu")
+    old, values, _, _ = ppo.policy_logprobs(module, rollout, epochs[0], 1.0, "cpu", False, min_new, eos)
+    ref = ppo.reference_logprobs(module, reference, rollout, epochs[0], 1.0, "cpu", min_new, eos)
     mask = rollout.response_mask
     for estimator in rl.KL_ESTIMATORS:  # policy == reference: every estimator is exactly 0
         assert torch.equal(rl.kl_penalty(old, ref, estimator) * mask, torch.zeros_like(old))
     scores = torch.tensor([1.0, -1.0, 0.5, 0.0, 2.0, -0.5, 1.5, 0.3])
     rewards = rl.shape_rewards(scores, old, ref, mask, 0.1)
-    cfg = ppo.PPOConfig(ppo_epochs=2, minibatch_size=4)
+    cfg = ppo.PPOConfig(ppo_epochs=2, minibatch_size=4, min_new_tokens=min_new)
     advantages, returns = ppo.compute_advantages("gae", rewards, values, mask, 1, 1.0, 0.95, True)
     exp = ppo.Experience(rollout.input_ids, rollout.attention_mask, rollout.prompt_ids.shape[1],
-                         rollout.response_ids.shape[1], mask, old, values, advantages, returns)
+                         rollout.response_ids.shape[1], mask, old, values, advantages, returns, eos)
     history = ppo.train_epochs(module, optimizer, accelerator, exp, epochs, cfg, None)
     assert len(history) == 4
     assert history[0]["ppo/ratio_dev_max"] == 0.0 and history[0]["ppo/ratio_mean"] == 1.0
     assert history[0]["ppo/clipfrac"] == 0.0 and history[0]["ppo/approx_kl"] == 0.0
     assert history[1]["ppo/ratio_dev_max"] > 0  # the first update moved the policy
-    after = ppo.reference_logprobs(module, reference, rollout, epochs[0], 1.0, "cpu")
+    after = ppo.reference_logprobs(module, reference, rollout, epochs[0], 1.0, "cpu", min_new, eos)
     assert torch.equal(after, ref)  # the reference stayed frozen while the policy moved
-    moved, _, _, _ = ppo.policy_logprobs(module, rollout, epochs[0], 1.0, "cpu")
+    moved, _, _, _ = ppo.policy_logprobs(module, rollout, epochs[0], 1.0, "cpu", False, min_new, eos)
     assert not torch.equal(moved * mask, old * mask)
 
 
@@ -178,8 +188,9 @@ def test_adaptive_kl_settles_near_target(model_dir, prompts_file, tmp_path):
 @pytest.mark.parametrize("advantage", ["rloo", "grpo"])
 def test_value_free_advantages_run_through_the_cli(model_dir, prompts_file, tmp_path, advantage):
     rows, summary = _cli(model_dir, prompts_file, tmp_path / "run", "--train.max-steps", "2", "--advantage",
-                         advantage, "--ppo-epochs", "2")
+                         advantage, "--ppo-epochs", "2", "--min-new-tokens", "3")
     assert [r["step"] for r in rows] == [1, 2] and summary["step"] == 2
+    assert rows[0]["objective/kl"] == 0.0 and rows[-1]["objective/response_length"] >= 3  # EOS forbidden early
     assert "ppo/value_loss" not in rows[-1] and "ppo/value_explained_var" not in rows[-1]
     assert rows[-1]["ppo/ratio_dev_first"] == 0.0
 
@@ -213,6 +224,10 @@ def test_config_errors_are_clear(model_dir, prompts_file, tmp_path):
         _cli(model_dir, prompts_file, tmp_path / "r", "--advantage", "rloo", "--group-size", "1")
     with pytest.raises(RlhfkitError, match="ptx.data"):
         _cli(model_dir, prompts_file, tmp_path / "r", "--ptx.coef", "0.1")
+    with pytest.raises(RlhfkitError, match="top_p 0.9 cannot be used where a KL"):
+        _cli(model_dir, prompts_file, tmp_path / "r", "--top-p", "0.9")
+    with pytest.raises(RlhfkitError, match="temperature 0"):
+        _cli(model_dir, prompts_file, tmp_path / "r", "--temperature", "0")
 
 
 # ------------------------------------------------------------------------------------------- best-of-N, sample

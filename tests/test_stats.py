@@ -13,6 +13,7 @@ from rlhfkit.stats import (
     calibration_table,
     compare_frontiers,
     fit_beta_kl,
+    fit_frontier,
     frontier,
     length_slope,
     mean_ci,
@@ -393,3 +394,10 @@ def test_frontier_gain_bought_with_length_disappears_under_control():
     assert controlled.se > raw.se  # the slope's own uncertainty is in the interval
     with pytest.raises(ValueError, match="lengths"):
         compare_frontiers([{"rewards": ref["rewards"], "kls": ref["rewards"]}], short_b, ref, control_length=True)
+
+
+def test_fit_frontier_recovers_a_curve_through_its_points():
+    kls = [1.0, 4.0, 9.0]  # sqrt: 1, 2, 3
+    rewards = [0.5 + 0.1 * d - 0.01 * d * d for d in (1.0, 2.0, 3.0)]
+    assert fit_frontier(kls, rewards, 0.5) == (pytest.approx(0.1), pytest.approx(-0.01))
+    assert fit_frontier([4.0], [0.9], 0.5) == (pytest.approx(0.2), 0.0)  # one point: alpha alone, 0.4 / 2

@@ -50,12 +50,15 @@ def _group(rows: Sequence[dict], key: str = "method") -> dict[str, list[dict]]:
     return groups
 
 
-def plot_frontier(rows: Sequence[dict], path: str | Path, names: dict[str, str] | None = None) -> str:
+def plot_frontier(rows: Sequence[dict], path: str | Path, names: dict[str, str] | None = None,
+                  curves: dict[str, tuple[float, float, float, float]] | None = None) -> str:
     """Mean gold reward against KL(pi || pi_ref) for every checkpoint, one colour and marker per method.
 
     rows: dicts {method, kl, reward, reward_se?, kl_se?, label?}. Error bars show the standard errors when
-    given; `label` (e.g. "beta=0.1") is written next to the point; each method's Pareto frontier (lower KL,
-    higher reward) is drawn as a thin line. Up-and-left is better. names: legend text per method.
+    given; `label` (e.g. "beta=0.1") is written next to the point. curves: per method (r_ref, alpha, beta,
+    kl_max), the fitted curve r_ref + alpha sqrt(KL) + beta KL that the findings compare, drawn over
+    [0, kl_max]; a method without one gets its Pareto frontier (lower KL, higher reward) as a thin line.
+    Up-and-left is better. names: legend text per method.
     """
     fig, ax = _figure()
     groups = _group(rows)
@@ -68,8 +71,11 @@ def plot_frontier(rows: Sequence[dict], path: str | Path, names: dict[str, str] 
         yerr = [float(r.get("reward_se") or 0.0) for r in group]
         ax.errorbar(kl, reward, xerr=xerr, yerr=yerr, fmt=marker, color=colour, alpha=0.8, capsize=2,
                     label=(names or {}).get(method, method))
-        best = frontier(list(zip(kl, reward)))
-        if len(best) > 1:
+        if curves and method in curves:
+            r_ref, alpha, beta, kl_max = curves[method]
+            xs = [kl_max * i / 63 for i in range(64)]
+            ax.plot(xs, [r_ref + alpha * math.sqrt(x) + beta * x for x in xs], "--", color=colour, alpha=0.8)
+        elif len(best := frontier(list(zip(kl, reward)))) > 1:
             ax.plot([p[0] for p in best], [p[1] for p in best], "-", color=colour, alpha=0.6)
         for r in group:
             if r.get("label"):

@@ -16,8 +16,13 @@ Design choices (and where they depart from the papers):
 - Dropout is off for the whole run (the policy is kept in eval mode during training too, as TRL's RL trainers
   do). Old log-probs are computed by the very forward function training uses, on the same minibatches as the
   first epoch, so the importance ratio is exactly 1 on the first minibatch.
-- Log-probs use logits / temperature everywhere (rollout, old, reference, training), so the ratio and the KL
-  are measured on the distribution the samples came from (top-p truncation is ignored there).
+- Log-probs everywhere (rollout, old, reference, training) are those of the distribution the samples came
+  from, `rlhfkit.generation.constrain_logits`: logits / temperature with EOS forbidden at response steps
+  < min_new_tokens, renormalised; applied identically to the policy and the reference. So the shaped reward,
+  objective/kl and the adaptive controller see the true KL of the sampling distributions (a policy that only
+  raises the EOS logit, with EOS forbidden, has KL 0), and the first-minibatch ratio stays exactly 1.
+- top_p < 1 and temperature 0 are refused (`check_config`): under top-p a sampled token can lie outside the
+  reference's nucleus (probability 0: infinite KL), and greedy decoding has no log-probs to train on.
 - Value-free estimators (rloo, grpo) put the KL penalty into a sequence-level reward:
   score - beta * sum_t KL_t (the sum of `shape_rewards` over the response), then subtract the group baseline
   and broadcast the advantage to every response token. Samples of one prompt are consecutive rows.
@@ -40,7 +45,7 @@ from rlhfkit import config as config_lib
 from rlhfkit import losses, ops, rl
 from rlhfkit.config import LoRAConfig, ModelConfig, OptimConfig, TrainConfig
 from rlhfkit.errors import RlhfkitError, TrainingDiverged
-from rlhfkit.generation import Rollout, positions
+from rlhfkit.generation import Rollout, check_sampling, positions, response_token_logprobs
 from rlhfkit.tracking import Run, say
 
 
@@ -98,9 +103,9 @@ class PPOConfig:
     min_new_tokens: int = 0
     """Forbid EOS before this many tokens (= max_new_tokens gives fixed-length responses)."""
     temperature: float = 1.0
-    """Sampling temperature (log-probs everywhere use logits / temperature)."""
+    """Sampling temperature > 0 (log-probs everywhere use logits / temperature)."""
     top_p: float = 1.0
-    """Nucleus sampling threshold (1: off)."""
+    """Nucleus sampling threshold; must stay 1 (a KL to the reference is infinite under top-p truncation)."""
     generation_batch_size: int = 64
     """Sequences per generation forward pass."""
     ppo_epochs: int = 4
@@ -146,22 +151,26 @@ def check_config(cfg: PPOConfig) -> None:
         raise RlhfkitError("--ptx.coef > 0 needs --ptx.data (a corpus JSONL)")
     if cfg.kl.adaptive and cfg.kl.target <= 0:
         raise RlhfkitError("--kl.target must be > 0 for the adaptive controller")
+    check_sampling(cfg.temperature, cfg.top_p, needs_logprobs=True)
 
 
 # ------------------------------------------------------------------------------------------ model and forward
 def response_forward(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int, A: int,
-                     temperature: float = 1.0, value_head: Any = None
-                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+                     temperature: float = 1.0, value_head: Any = None, min_new_tokens: int = 0,
+                     eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Log-probs, values and logits of the A response tokens that follow P (left-padded) prompt columns.
 
-    input_ids, attention_mask: (B, P + A). Returns logprobs (B, A) in fp32 (0 is NOT applied on padding),
-    values (B, A) or None (V(s_t) read at the hidden state that predicts response token t), and the scaled
-    logits (B, A, V). Only the A + 1 last positions go through the LM head (`logits_to_keep`).
+    input_ids, attention_mask: (B, P + A). Returns logprobs (B, A) in fp32 under the sampling distribution
+    (`constrain_logits`: logits / temperature, EOS forbidden at response steps < min_new_tokens; 0 is NOT
+    applied on padding), values (B, A) or None (V(s_t) read at the hidden state that predicts response token t),
+    and the constrained logits (B, A, V). Only the A + 1 last positions go through the LM head (`logits_to_keep`).
     """
     out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
              logits_to_keep=A + 1, output_hidden_states=value_head is not None)
-    logits = out.logits[:, -(A + 1):].float() / temperature  # (B, A + 1, V): position P-1 predicts token P
-    logprobs = ops.token_logprobs(logits, input_ids[:, P - 1:])  # (B, A)
+    # (B, A + 1, V): position P-1 predicts response token 0
+    logprobs, logits = response_token_logprobs(out.logits[:, -(A + 1):], input_ids[:, P - 1:],
+                                               temperature=temperature, min_new_tokens=min_new_tokens,
+                                               eos_id=eos_id)  # (B, A), (B, A + 1, V)
     values = None
     if value_head is not None:
         hidden = out.hidden_states[-1][:, P - 1: P - 1 + A]  # (B, A, H)
@@ -182,8 +191,9 @@ class PolicyWithValue(torch.nn.Module):
             torch.nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int, A: int,
-                temperature: float = 1.0):
-        return response_forward(self.policy, input_ids, attention_mask, P, A, temperature, self.value_head)
+                temperature: float = 1.0, min_new_tokens: int = 0, eos_id: int | None = None):
+        return response_forward(self.policy, input_ids, attention_mask, P, A, temperature, self.value_head,
+                                min_new_tokens, eos_id)
 
 
 def make_reference(policy: Any) -> Any:
@@ -205,9 +215,10 @@ def minibatches(n: int, size: int, seed: int) -> list[torch.Tensor]:
 
 # ----------------------------------------------------------------------------------------- the step's parts
 def policy_logprobs(module: Any, rollout: Rollout, chunks: list[torch.Tensor], temperature: float, device: Any,
-                    keep_first: bool = False):
+                    keep_first: bool = False, min_new_tokens: int = 0, eos_id: int | None = None):
     """Old log-probs (N, A), old values (N, A) or None, per-token entropy (N, A) and `first`, dropout off,
-    computed on the same minibatch rows (`chunks`) and by the same forward as the first training epoch.
+    computed on the same minibatch rows (`chunks`) and by the same forward as the first training epoch, under
+    the sampling distribution (temperature, EOS forbidden at steps < min_new_tokens; see response_forward).
 
     keep_first: `first` is the first chunk's (logprobs, values) WITH their autograd graph (else None). The first
     minibatch of the first epoch is trained at exactly these parameters, so its training forward is this one (one
@@ -222,22 +233,29 @@ forward fewer per step; the ratio there is exp(0) = 1 by construction).
     for k, idx in enumerate(chunks):
         idx = idx.to(device)
         with torch.set_grad_enabled(keep_first and k == 0):
-            lp, v, logits = module(ids[idx], attn[idx], P, A, temperature)
+            lp, v, logits = module(ids[idx], attn[idx], P, A, temperature, min_new_tokens, eos_id)
         if keep_first and k == 0:
             first = (lp, v)
         with torch.no_grad():
             logps[idx] = lp.detach()
-            logits = logits.detach()
-            ent[idx] = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)  # (b, A)
+            ent[idx] = entropy(logits.detach())  # (b, A)
             if values is not None:
                 values[idx] = v.detach()
     return logps, values, ent, first
 
 
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (...) of the categorical given by logits (..., V); -inf logits (forbidden tokens) add 0, not NaN."""
+    p, logp = logits.softmax(-1), logits.log_softmax(-1)
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+
+
 @torch.no_grad()
 def reference_logprobs(module: PolicyWithValue, reference: Any, rollout: Rollout, chunks: list[torch.Tensor],
-                       temperature: float, device: Any) -> torch.Tensor:
-    """Log-probs (N, A) of the responses under the frozen reference (or the LoRA base, adapter disabled)."""
+                       temperature: float, device: Any, min_new_tokens: int = 0, eos_id: int | None = None
+                       ) -> torch.Tensor:
+    """Log-probs (N, A) of the responses under the frozen reference (or the LoRA base, adapter disabled), under
+    the same constrained distribution as the policy's (temperature, EOS forbidden at steps < min_new_tokens)."""
     ids, attn = rollout.input_ids.to(device), rollout.attention_mask.to(device)
     P, A = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
     out = torch.zeros(ids.shape[0], A, device=device)
@@ -245,9 +263,11 @@ def reference_logprobs(module: PolicyWithValue, reference: Any, rollout: Rollout
         idx = idx.to(device)
         if reference is None:
             with module.policy.disable_adapter():
-                out[idx] = response_forward(module.policy, ids[idx], attn[idx], P, A, temperature)[0]
+                out[idx] = response_forward(module.policy, ids[idx], attn[idx], P, A, temperature, None,
+                                            min_new_tokens, eos_id)[0]
         else:
-            out[idx] = response_forward(reference, ids[idx], attn[idx], P, A, temperature)[0]
+            out[idx] = response_forward(reference, ids[idx], attn[idx], P, A, temperature, None, min_new_tokens,
+                                        eos_id)[0]
     return out
 
 
@@ -293,6 +313,7 @@ class Experience:
     old_values: torch.Tensor | None  # (N, A)
     advantages: torch.Tensor  # (N, A)
     returns: torch.Tensor | None  # (N, A)
+    eos_id: int | None = None  # forbidden at response steps < cfg.min_new_tokens in every training forward
 
 
 def minibatch_loss(module: Any, exp: Experience, idx: torch.Tensor, cfg: PPOConfig, forward: tuple | None = None
@@ -301,7 +322,8 @@ def minibatch_loss(module: Any, exp: Experience, idx: torch.Tensor, cfg: PPOConf
     forward: this minibatch's (logprobs, values) when already computed with their graph (see policy_logprobs)."""
     mask = exp.mask[idx]  # (b, A)
     if forward is None:
-        forward = module(exp.input_ids[idx], exp.attention_mask[idx], exp.P, exp.A, cfg.temperature)[:2]
+        forward = module(exp.input_ids[idx], exp.attention_mask[idx], exp.P, exp.A, cfg.temperature,
+                         cfg.min_new_tokens, exp.eos_id)[:2]
     logps, values = forward
     pg, metrics = losses.ppo_policy_loss(logps, exp.old_logprobs[idx], exp.advantages[idx], mask, cfg.clip_range)
     policy_loss = ops.masked_mean(pg, mask)
@@ -417,9 +439,11 @@ def ppo_step(tr: Trainer, step: int) -> dict[str, float]:
     N, mask = rollout.response_ids.shape[0], rollout.response_mask.to(device)
     epochs = [minibatches(N, c.minibatch_size, c.train.seed * 7919 + step * 131 + k) for k in range(c.ppo_epochs)]
     # the kept first forward would interleave with the ptx forward under DDP; with ptx on it is recomputed
-    old_logps, old_values, entropy, first = policy_logprobs(tr.module, rollout, epochs[0], c.temperature, device,
-                                                            keep_first=tr.ptx_batches is None)
-    ref_logps = reference_logprobs(tr.inner, tr.reference, rollout, epochs[0], c.temperature, device)  # 2.
+    eos = tr.tokenizer.eos_token_id  # every log-prob below is under the sampling distribution: EOS forbidden early
+    old_logps, old_values, ent, first = policy_logprobs(tr.module, rollout, epochs[0], c.temperature, device,
+                                                        tr.ptx_batches is None, c.min_new_tokens, eos)
+    ref_logps = reference_logprobs(tr.inner, tr.reference, rollout, epochs[0], c.temperature, device,
+                                   c.min_new_tokens, eos)  # 2.
     t2 = time.time()
     raw_scores = score(tr, rows, rollout).to(device)  # 3. score
     scores = penalise_missing_eos(raw_scores, rollout.ended, c.missing_eos_score if c.eos_penalty else None)
@@ -429,7 +453,7 @@ def ppo_step(tr: Trainer, step: int) -> dict[str, float]:
     advantages, returns = compute_advantages(c.advantage, rewards, old_values, mask, c.group_size, c.gamma,
                                              c.lam, c.whiten_advantages)  # 5. advantages
     exp = Experience(rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
-                     rollout.response_ids.shape[1], mask, old_logps, old_values, advantages, returns)
+                     rollout.response_ids.shape[1], mask, old_logps, old_values, advantages, returns, eos)
     history = train_epochs(tr.module, tr.optimizer, acc, exp, epochs, c, tr.cfg.optim.max_grad_norm,
                            tr.ptx_batches, first)  # 6. K epochs of minibatch updates
     tr.scheduler.step()
@@ -439,7 +463,7 @@ def ppo_step(tr: Trainer, step: int) -> dict[str, float]:
     tr.controller.update(kl, N * acc.num_processes)  # 7. update beta
     metrics = {
         "objective/kl": kl, "objective/kl_coef": beta, "objective/score": mean_score,
-        "objective/entropy": float(ops.masked_mean(entropy, mask)),
+        "objective/entropy": float(ops.masked_mean(ent, mask)),
         "objective/response_length": float(mask.float().sum(-1).mean()),
         "objective/ended": float(rollout.ended.float().mean()),
         "time/generation": t1 - t0, "time/logprobs": t2 - t1, "time/scoring": t3 - t2, "time/optimisation": t4 - t3,

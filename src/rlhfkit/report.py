@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlhfkit.findings import NAMES, beta_kl_points, length_table, verdict
-from rlhfkit.stats import BetaKLFit
+from rlhfkit.findings import NAMES, beta_kl_points, checkpoints_of, length_table, reference_of, verdict
+from rlhfkit.stats import BetaKLFit, fit_frontier
 
 CSV_COLUMNS = ["method", "label", "seed", "beta", "step", "kl", "kl_se", "reward", "reward_se", "length"]
 
@@ -188,6 +188,20 @@ def _write_csv(methods: Sequence[dict], path: Path) -> str:
     return str(path)
 
 
+def _curves(methods: Sequence[dict]) -> dict[str, tuple[float, float, float, float]]:
+    """Per method, the curve the findings fit (stats.fit_frontier), over the method's KL range, for the plot."""
+    ref = reference_of(methods)
+    if ref is None:
+        return {}
+    curves = {}
+    for name in dict.fromkeys(m["method"] for m in methods if m["method"] != "sft"):
+        points = checkpoints_of(methods, name)
+        kls = [c["kl"] for c in points]
+        if points and max(kls) > 0:
+            curves[name] = (ref["reward"], *fit_frontier(kls, [c["reward"] for c in points], ref["reward"]), max(kls))
+    return curves
+
+
 def _write_plots(results: dict, run_dir: Path) -> dict[str, str]:
     from rlhfkit import plots  # matplotlib loads only when a report is written
 
@@ -200,7 +214,7 @@ def _write_plots(results: dict, run_dir: Path) -> dict[str, str]:
                  for c in m.get("checkpoints", [])]
     if rows:
         names = {**NAMES, "sft": "SFT (reference)", "best_of_n": "best-of-N"}
-        written["frontier"] = plots.plot_frontier(rows, run_dir / "frontier.png", names)
+        written["frontier"] = plots.plot_frontier(rows, run_dir / "frontier.png", names, _curves(methods))
     fit = results.get("beta_fit")
     betas, kls = beta_kl_points(methods)
     if fit is not None and len(betas) >= 2:

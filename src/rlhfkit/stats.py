@@ -330,6 +330,14 @@ def _fit_gao(rewards: np.ndarray, kls: np.ndarray, r_ref: np.ndarray) -> tuple[n
     return alpha, beta
 
 
+def fit_frontier(kls: Any, rewards: Any, reference_reward: float) -> tuple[float, float]:
+    """(alpha, beta) of the curve `compare_frontiers` fits to one method's checkpoints: f(KL) = reference_reward
+    + alpha sqrt(KL) + beta KL, least squares through the checkpoints' mean KLs (C,) and mean rewards (C,)."""
+    kl, reward = _paired(kls, rewards, "kls", "rewards")
+    alpha, beta = _fit_gao(reward[None], kl[None], np.array([float(reference_reward)]))
+    return float(alpha[0]), float(beta[0])
+
+
 def _bootstrap_counts(n_prompts: int, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, P) times each prompt is drawn in each resample of P prompts with replacement."""
     rng = np.random.default_rng(seed)

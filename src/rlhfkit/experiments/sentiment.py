@@ -11,6 +11,10 @@ a sentiment scorer (here VADER, standing in for the paper's IMDb classifier) of 
 Each stage writes `<out>/stages/<name>.json` when it finishes; a re-run skips finished stages, and the stage
 that was killed continues from its last checkpoint (every training stage runs with resume on).
 
+`--seeds N` repeats everything after SFT (sampling, labelling, the reward model, every method) with seeds
+seed+1 .. seed+N-1 under `<out>/seed<k>/`; evaluation pools every replicate's checkpoints, on the same
+held-out prompts, into each method's frontier, so the findings' intervals include training noise.
+
 Departures from the paper: VADER instead of a trained classifier,
 Rotten Tomatoes snippets instead of IMDb, a pretrained-from-scratch tiny model instead of GPT-2 large.
 """
@@ -21,7 +25,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -51,16 +55,21 @@ class SentimentConfig:
     """BPE vocabulary trained on the corpus."""
     pretrain_steps: int = 800
     """Pretraining optimizer steps (batch 32 x 64 tokens)."""
-    pretrain_minutes: float | None = 5.0
-    """Stop pretraining after this long even if steps remain (a checkpoint is kept)."""
+    pretrain_minutes: float | None = None
+    """Stop pretraining after this long even if steps remain (None: no cap; presets set none, so results depend
+    on the seed, never on the machine's speed)."""
     sft_steps: int = 150
     """SFT optimizer steps on review (prefix, continuation) pairs."""
     batch_size: int = 32
     """Micro-batch of pretraining and SFT."""
     train_prompts: int = 256
     """Prompts for preference data, PPO and best-of-N training use (prefixes of training reviews)."""
-    eval_prompts: int = 128
-    """Held-out prompts every checkpoint is evaluated on (prefixes of held-out reviews)."""
+    eval_prompts: int = 400
+    """Held-out prompts every checkpoint is evaluated on (prefixes of held-out reviews); 400 keeps a
+    checkpoint's reward standard error near 0.02 on the tiny preset."""
+    seeds: int = 1
+    """Replicates of every post-SFT stage (seed, seed+1, ...), pooled in evaluation; each extra seed costs about
+    the post-SFT part of the run again."""
     samples_per_prompt: int = 4
     """Completions sampled per prompt from SFT; all C(K,2) pairs are labelled, exact ties dropped."""
     max_new_tokens: int = 24
@@ -89,7 +98,7 @@ class SentimentConfig:
     """KL (nats) the adaptive controller aims at."""
     best_of: tuple[int, ...] = (2, 4, 8, 16)
     """N values of the best-of-N baseline (scored by the learned reward model)."""
-    snapshots: int = 6
+    snapshots: int = 5
     """Snapshots per training run evaluated for the frontier (plus the final model)."""
     kl_budget: float = 5.0
     """KL (nats) within which the per-method table compares best rewards."""
@@ -104,13 +113,13 @@ PRESETS: dict[str, SentimentConfig] = {
     "tiny": SentimentConfig(),
     "smoke": SentimentConfig(
         preset="smoke", arch=TinyArch(hidden_size=48, num_layers=2, num_heads=2, intermediate_size=96),
-        corpus_records=3000, vocab_size=512, pretrain_steps=40, pretrain_minutes=None, sft_steps=20,
-        batch_size=16, train_prompts=24, eval_prompts=16, samples_per_prompt=4, max_new_tokens=12, rm_epochs=1,
+        corpus_records=3000, vocab_size=512, pretrain_steps=40, sft_steps=20,
+        batch_size=16, train_prompts=24, eval_prompts=24, samples_per_prompt=4, max_new_tokens=12, rm_epochs=1,
         dpo_betas=(0.1, 0.3, 1.0, 3.0), dpo_epochs=1, dpo_batch_size=8, dpo_lr=1e-3, ppo_steps=4,
         ppo_batch_size=8, best_of=(2, 4), snapshots=1, kl_budget=5.0),
     "smollm2": SentimentConfig(
         preset="smollm2", base_model="smollm2", pretrain_steps=0, sft_steps=200, batch_size=16, train_prompts=512,
-        eval_prompts=256, max_new_tokens=32, dpo_lr=5e-6, ppo_lr=5e-6, dpo_batch_size=8, ppo_batch_size=16,
+        eval_prompts=512, max_new_tokens=32, dpo_lr=5e-6, ppo_lr=5e-6, dpo_batch_size=8, ppo_batch_size=16,
         ppo_steps=100),
 }
 
@@ -118,16 +127,35 @@ PRESETS: dict[str, SentimentConfig] = {
 # --------------------------------------------------------------------------------------------------- stages
 @dataclass
 class Experiment:
-    """Paths and shared state of one experiment run."""
+    """Paths and state of one experiment run, or of one seed replicate of its post-SFT stages.
+
+    `dir` holds this replicate's artifacts (candidates, preferences, reward model, runs, stage files); `root`
+    the ones every replicate shares (corpus, SFT model, prompt splits, evaluation, report). For the first
+    replicate both are the run directory.
+    """
 
     cfg: SentimentConfig
     dir: Path
     estimates: dict[str, float]
     started: float = field(default_factory=time.time)
     results: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None
+    replicas: list["Experiment"] = field(default_factory=list)
 
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
+
+    def shared(self, *parts: str) -> Path:
+        return (self.root or self.dir).joinpath(*parts)
+
+    def replica(self, k: int) -> "Experiment":
+        """The k-th seed replicate (k = 0 is this run itself), created on first use with the shared results."""
+        while len(self.replicas) <= k:
+            i = len(self.replicas)
+            self.replicas.append(self if i == 0 else Experiment(
+                replace(self.cfg, seed=self.cfg.seed + i), self.dir / f"seed{i}", self.estimates,
+                results=dict(self.results), root=self.dir))
+        return self.replicas[k]
 
     def train_cfg(self, **kw: Any) -> TrainConfig:
         # resume=True: a stage killed mid-way continues from its last checkpoint when the experiment is rerun
@@ -135,14 +163,15 @@ class Experiment:
         return TrainConfig(**{**base, **kw})
 
 
-def run_stage(exp: Experiment, name: str, fn: Callable[[Experiment], dict], index: int, total: int) -> dict:
-    """Run `fn` once: a finished stage (its json exists) is loaded, not re-run. One line of progress each."""
+def run_stage(exp: Experiment, name: str, fn: Callable[[Experiment], dict], index: int, total: int,
+              remaining: float = 0.0) -> dict:
+    """Run `fn` once: a finished stage (its json exists) is loaded, not re-run. One line of progress each;
+    `remaining` is the estimated seconds of every unfinished stage, for the ETA."""
     done_file = exp.path("stages", f"{name}.json")
     if done_file.exists():
         result = json.loads(done_file.read_text())
         say(f"[{index}/{total}] {name}: done earlier ({result['seconds']:.0f} s), skipped")
         return result
-    remaining = sum(v for k, v in exp.estimates.items() if not exp.path("stages", f"{k}.json").exists())
     say(f"[{index}/{total}] {name}: running (est. {exp.estimates.get(name, 0):.0f} s; "
         f"~{remaining / 60:.1f} min left in the experiment)")
     t0 = time.time()
@@ -206,7 +235,7 @@ def stage_prompts(exp: Experiment) -> dict:
 
     cfg = exp.cfg
     rng = random.Random(cfg.seed)
-    sft = [r["prompt"] for r in read_records(exp.path("corpus", "sft_train.jsonl"), "sft")]
+    sft = [r["prompt"] for r in read_records(exp.shared("corpus", "sft_train.jsonl"), "sft")]
     train = rng.sample(sorted(set(sft)), cfg.train_prompts)
     held = [r["prompt"] for r in read_records(exp.path("corpus", "prompts_heldout.jsonl"), "prompts")]
     held = rng.sample(held, cfg.eval_prompts)
@@ -218,7 +247,7 @@ def stage_prompts(exp: Experiment) -> dict:
 def _prompts(exp: Experiment, split: str) -> list[str]:
     from rlhfkit.data import read_records
 
-    return [r["prompt"] for r in read_records(exp.path(f"prompts_{split}.jsonl"), "prompts")]
+    return [r["prompt"] for r in read_records(exp.shared(f"prompts_{split}.jsonl"), "prompts")]
 
 
 def _load_sft(exp: Experiment) -> tuple[Any, Any]:
@@ -308,7 +337,7 @@ def train_ppo(exp: Experiment, m: Method, reward: str) -> dict:
     cfg = exp.cfg
     return run_ppo(PPOConfig(
         model=ModelConfig(name=exp.results["sft"]["model"]), lora=LoRAConfig(r=cfg.lora_r),
-        prompts=str(exp.path("prompts_train.jsonl")), reward=reward, advantage="gae",
+        prompts=str(exp.shared("prompts_train.jsonl")), reward=reward, advantage="gae",
         max_new_tokens=cfg.max_new_tokens, min_new_tokens=_min_new(exp), minibatch_size=cfg.ppo_batch_size // 2,
         eos_penalty=False,  # the paper scores every completion as it is; a penalty teaches the tiny model to stop early
         kl=KLConfig(coef=cfg.ppo_kl_coef, adaptive=True, target=cfg.ppo_kl_target, horizon=cfg.ppo_steps * 10),
@@ -349,6 +378,12 @@ def _policies(run_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
+def _checkpoint(step: int, ev: Any) -> dict:
+    """A checkpoint's summary plus its per-prompt values (the findings' paired bootstrap resamples prompts)."""
+    return {"step": step, **ev.summary(), "rewards": list(ev.prompt_rewards), "kls": list(ev.prompt_kls),
+            "lengths": list(ev.prompt_lengths)}
+
+
 def evaluate_run(exp: Experiment, run_dir: Path, reference: Any, tok: Any, prompts: list[str]) -> dict:
     """Reward and KL at every saved policy of a run (cached in <run>/eval.json), and the final completions."""
     from rlhfkit.evaluate import evaluate_policy
@@ -362,7 +397,7 @@ def evaluate_run(exp: Experiment, run_dir: Path, reference: Any, tok: Any, promp
     for step, path in _policies(run_dir):
         policy, _ = load_causal_lm(ModelConfig(name=str(path)), tokenizer=tok)
         ev = evaluate_policy(policy, reference, tok, prompts, vader_score, _sampling(exp), seed=exp.cfg.seed + 1)
-        checkpoints.append({"step": step, **ev.summary()})
+        checkpoints.append(_checkpoint(step, ev))
         completions = ev.completions
     result = {"checkpoints": checkpoints, "completions": completions}
     cache.write_text(json.dumps(result))
@@ -382,15 +417,18 @@ def evaluate_best_of_n(exp: Experiment, policy: Any, tok: Any, prompts: list[str
         picks = best_of_n(policy, tok, prompts, scorer, n, exp.cfg.max_new_tokens, min_new_tokens=_min_new(exp),
                           seed=exp.cfg.seed + 1)
         completions = [p.response for p in picks]
-        gold = mean_ci(vader_score(prompts, completions))
-        length = sum(len(tok(c, add_special_tokens=False)["input_ids"]) + 1 for c in completions) / len(picks)
+        rewards = [float(r) for r in vader_score(prompts, completions)]
+        gold = mean_ci(rewards)
+        lengths = [float(len(tok(c, add_special_tokens=False)["input_ids"]) + 1) for c in completions]
         checkpoints.append({"step": n, "kl": best_of_n_kl(n), "kl_se": 0.0, "reward": gold.mean,
-                            "reward_se": gold.se, "length": length, "n": gold.n})
+                            "reward_se": gold.se, "length": sum(lengths) / len(lengths), "n": gold.n,
+                            "rewards": rewards, "kls": [best_of_n_kl(n)] * len(rewards), "lengths": lengths})
     return {"checkpoints": checkpoints, "completions": completions}
 
 
 def stage_evaluate(exp: Experiment) -> dict:
-    """Every method, every snapshot, the same held-out prompts and seed; win rate vs SFT of each final policy."""
+    """Every method of every seed replicate, every snapshot, the same held-out prompts; win rate vs SFT of each
+    final policy."""
     from rlhfkit.evaluate import evaluate_policy
     from rlhfkit.labeling.gold import vader_score
     from rlhfkit.stats import win_rate
@@ -398,24 +436,27 @@ def stage_evaluate(exp: Experiment) -> dict:
     prompts = _prompts(exp, "eval")
     reference, tok = _load_sft(exp)
     sft = evaluate_policy(reference, reference, tok, prompts, vader_score, _sampling(exp), seed=exp.cfg.seed + 1)
-    sft_scores = sft.scores
-    entries = [{"method": "sft", "label": "SFT (reference)", "beta": None,
-                "checkpoints": [{"step": 0, **sft.summary()}], "win_rate_vs_sft": None, "completions": sft.completions}]
-    runs = [(m, evaluate_run(exp, exp.path("runs", m.name), reference, tok, prompts)) for m in methods_for(exp.cfg)]
-    bon_label = f"Best-of-N (N={','.join(str(n) for n in exp.cfg.best_of)}; learned RM)"
-    bon = Method("best-of-n", "best_of_n", bon_label, None, lambda e, m: {})
-    runs.append((bon, evaluate_best_of_n(exp, reference, tok, prompts)))
-    for m, ev in runs:
-        wr = win_rate(vader_score(prompts, ev["completions"]), sft_scores).to_dict()
-        entries.append({"method": m.method, "label": m.label, "beta": m.beta, "checkpoints": ev["checkpoints"],
-                        "win_rate_vs_sft": wr, "completions": ev["completions"]})
+    entries = [{"method": "sft", "label": "SFT (reference)", "seed": 0, "beta": None,
+                "checkpoints": [_checkpoint(0, sft)], "win_rate_vs_sft": None, "completions": sft.completions}]
+    for k in range(exp.cfg.seeds):
+        replica = exp.replica(k)
+        suffix = f" (seed {replica.cfg.seed})" if exp.cfg.seeds > 1 else ""
+        runs = [(m, evaluate_run(replica, replica.path("runs", m.name), reference, tok, prompts))
+                for m in methods_for(exp.cfg)]
+        bon_label = f"Best-of-N (N={','.join(str(n) for n in exp.cfg.best_of)}; learned RM)"
+        bon = Method("best-of-n", "best_of_n", bon_label, None, lambda e, m: {})
+        runs.append((bon, evaluate_best_of_n(replica, reference, tok, prompts)))
+        for m, ev in runs:
+            wr = win_rate(vader_score(prompts, ev["completions"]), sft.scores).to_dict()
+            entries.append({"method": m.method, "label": m.label + suffix, "seed": k, "beta": m.beta,
+                            "checkpoints": ev["checkpoints"], "win_rate_vs_sft": wr, "completions": ev["completions"]})
     exp.path("evaluation.json").write_text(json.dumps({"prompts": prompts, "methods": entries}))
     return {"methods": len(entries), "prompts": len(prompts)}
 
 
 # --------------------------------------------------------------------------------------------------- report
 def _beta_fit(methods: list[dict]) -> Any:
-    from rlhfkit.report import beta_kl_points
+    from rlhfkit.findings import beta_kl_points
     from rlhfkit.stats import fit_beta_kl
 
     betas, kls = beta_kl_points(methods)
@@ -426,6 +467,7 @@ def _beta_fit(methods: list[dict]) -> Any:
 
 def stage_report(exp: Experiment) -> dict:
     from rlhfkit import report
+    from rlhfkit.findings import sentiment_findings
 
     ev = json.loads(exp.path("evaluation.json").read_text())
     methods = [{k: v for k, v in m.items() if k != "completions"} for m in ev["methods"]]
@@ -437,12 +479,13 @@ def stage_report(exp: Experiment) -> dict:
               for k, v in exp.results.items()]
     results = {
         "title": f"Controlled sentiment generation (preset {exp.cfg.preset})", "preset": exp.cfg.preset,
-        "budget": exp.cfg.kl_budget, "commands": [f"rlhfkit experiment sentiment --preset {exp.cfg.preset}"],
+        "budget": exp.cfg.kl_budget, "commands": [
+            f"rlhfkit experiment sentiment --preset {exp.cfg.preset}"
+            + (f" --seeds {exp.cfg.seeds}" if exp.cfg.seeds > 1 else "")],
         "stages": stages, "methods": methods, "samples": samples, "beta_fit": fit,
         "reward_model": {"accuracy": held.get("accuracy"), "n": held.get("n"),
                          "calibration": held.get("calibration", [])},
-        "findings": [report.finding_dpo_dominates_ppo(methods), report.finding_beta_sets_kl(fit),
-                     report.finding_baselines_fall_short(methods, exp.cfg.kl_budget)],
+        "findings": sentiment_findings(methods, fit, seed=exp.cfg.seed),
         "data": {"label": exp.results["label"].get("counts"), "corpus": exp.results["corpus"].get("counts")},
     }
     paths = report.write_report(exp.dir, results)
@@ -464,23 +507,44 @@ ESTIMATES = {  # seconds per stage on 2 CPU cores, used only for the ETA line
 }
 
 
-def stages_for(cfg: SentimentConfig) -> list[tuple[str, Callable[[Experiment], dict]]]:
+REPLICATED = ("sample", "label", "reward_model")
+"""Fixed stages repeated per seed replicate (with every method's training run)."""
+
+
+def stages_for(cfg: SentimentConfig) -> list[tuple[int, str, Callable[[Experiment], dict]]]:
+    """(replicate, name, function) of every stage in run order: the shared stages, then each replicate's
+    post-SFT stages (sampling, labelling, reward model, every method), then evaluation and the report."""
     method_stages = [(m.name, (lambda e, m=m: m.train(e, m))) for m in methods_for(cfg)]
-    return FIXED_STAGES + method_stages + [("evaluate", stage_evaluate), ("report", stage_report)]
+    shared = [(0, name, fn) for name, fn in FIXED_STAGES if name not in REPLICATED]
+    per_seed = [(name, fn) for name, fn in FIXED_STAGES if name in REPLICATED] + method_stages
+    replicated = [(k, name, fn) for k in range(cfg.seeds) for name, fn in per_seed]
+    return shared + replicated + [(0, "evaluate", stage_evaluate), (0, "report", stage_report)]
 
 
 def run_experiment(cfg: SentimentConfig) -> dict:
     """Run (or resume) every stage; returns the report stage's result."""
+    from rlhfkit import config as config_lib
+    from rlhfkit.errors import RlhfkitError
+
+    if cfg.seeds < 1:
+        raise RlhfkitError(f"--seeds must be >= 1, got {cfg.seeds}")
     out = Path(cfg.out or f"runs/sentiment-{cfg.preset}")
     out.mkdir(parents=True, exist_ok=True)
-    from rlhfkit import config as config_lib
-
     config_lib.save(cfg, out / "config.yaml")
     est = ESTIMATES[cfg.preset]
     stages = stages_for(cfg)
-    exp = Experiment(cfg, out, {name: est.get(name, est["method"]) for name, _ in stages})
-    for i, (name, fn) in enumerate(stages, start=1):
-        exp.results[name] = run_stage(exp, name, fn, i, len(stages))
+    exp = Experiment(cfg, out, {name: est.get(name, est["method"]) for _, name, _ in stages})
+
+    def remaining() -> float:
+        return sum(exp.estimates[name] for k, name, _ in stages
+                   if not (out / (f"seed{k}" if k else "") / "stages" / f"{name}.json").exists())
+
+    for i, (k, name, fn) in enumerate(stages, start=1):
+        replica = exp.replica(k)  # replicate 0 is the run itself
+        result = run_stage(replica, name, fn, i, len(stages), remaining())
+        replica.results[name] = result
+        if k:
+            exp.results[f"{name} (seed {replica.cfg.seed})"] = result
     total = sum(r.get("seconds", 0.0) for r in exp.results.values())
     return {**exp.results["report"], "total_seconds": total, "dir": str(out)}
 
@@ -496,9 +560,9 @@ def main(argv: list[str]) -> int:
     cfg = config_lib.parse(SentimentConfig, argv, prog="rlhfkit experiment sentiment", default=PRESETS[preset])
     result = run_experiment(cfg)
     say(f"sentiment experiment finished in {result['total_seconds'] / 60:.1f} min of stage time")
-    for f in result["findings"]:
-        from rlhfkit.report import verdict
+    from rlhfkit.findings import verdict
 
+    for f in result["findings"]:
         say(f"  {verdict(f['reproduced'])}: {f['claim']} ({f['evidence']})")
     say(f"report: {result['paths']['html']}")
     return 0
