@@ -260,7 +260,8 @@ def count_good(prompts: list[str], responses: list[str]) -> list[float]:
     return [r.count("good") + 0.01 * len(r) for r in responses]
 
 
-def test_online_dpo_two_rounds_keeps_each_round(model_dir, tmp_path):
+def run_online_two_rounds(model_dir, tmp_path):
+    """Two online rounds on the SUBJECTS prompts, a quarter held out; returns the run directory."""
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"prompt": f"{s} was"} for s in SUBJECTS])
     out = tmp_path / "online"
@@ -269,6 +270,11 @@ def test_online_dpo_two_rounds_keeps_each_round(model_dir, tmp_path):
             "--train.max-steps", "1", "--train.batch-size", "4", "--train.progress", "False",
             "--data.eval-fraction", "0.25", "--kl-prompts", "2", "--kl-samples", "1", "--out", str(out)]
     assert cli.main(args) == 0
+    return out
+
+
+def test_online_dpo_two_rounds_keeps_each_round(model_dir, tmp_path):
+    out = run_online_two_rounds(model_dir, tmp_path)
     for i in (1, 2):
         cands = [json.loads(x) for x in (out / f"round-{i}" / "candidates.jsonl").read_text().splitlines()]
         prefs = [json.loads(x) for x in (out / f"round-{i}" / "preferences.jsonl").read_text().splitlines()]
@@ -282,14 +288,7 @@ def test_online_dpo_two_rounds_keeps_each_round(model_dir, tmp_path):
 def test_online_dpo_never_trains_on_a_held_out_prompt(model_dir, tmp_path):
     """The prompts are split once, before any round: every round's training pairs come from train prompts
     only and its held-out pairs from held-out prompts only."""
-    prompts = tmp_path / "prompts.jsonl"
-    write_jsonl(prompts, [{"prompt": f"{s} was"} for s in SUBJECTS])
-    out = tmp_path / "online"
-    args = ["dpo", "--online", "--rounds", "2", "--prompts", str(prompts), "--judge", f"{__name__}:count_good",
-            "--model.name", str(model_dir), "--samples-per-prompt", "3", "--max-new-tokens", "6",
-            "--train.max-steps", "1", "--train.batch-size", "4", "--train.progress", "False",
-            "--data.eval-fraction", "0.25", "--kl-prompts", "2", "--kl-samples", "1", "--out", str(out)]
-    assert cli.main(args) == 0
+    out = run_online_two_rounds(model_dir, tmp_path)
 
     def prompts_in(path):
         return {json.loads(x)["prompt"] for x in path.read_text().splitlines()}
