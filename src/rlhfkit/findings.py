@@ -112,8 +112,8 @@ def frontier_finding(methods: Sequence[dict], a: str, b: str, claim: str, *, see
 
 def finding_dpo_dominates(methods: Sequence[dict], other: str = PPO, *, seed: int = 0, n_boot: int = 1000) -> dict:
     """DPO's reward-KL frontier dominates PPO's, or PPO-GT's (DPO paper, Figure 2 left)."""
-    label = "PPO (learned reward)" if other == PPO else "PPO-GT (gold reward)"
-    claim = f"DPO's reward-vs-KL frontier dominates {label}'s (DPO paper, Figure 2 left)"
+    label = "PPO's (learned reward)" if other == PPO else "PPO-GT's (gold reward)"
+    claim = f"DPO's reward-vs-KL frontier dominates {label} (DPO paper, Figure 2 left)"
     return frontier_finding(methods, DPO, other, claim, seed=seed, n_boot=n_boot)
 
 
