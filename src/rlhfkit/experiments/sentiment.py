@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import random
+from collections import ChainMap
 import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, MutableMapping
 
 from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TinyArch, TrainConfig
 from rlhfkit.tracking import say
@@ -138,7 +139,7 @@ class Experiment:
     dir: Path
     estimates: dict[str, float]
     started: float = field(default_factory=time.time)
-    results: dict[str, Any] = field(default_factory=dict)
+    results: MutableMapping[str, Any] = field(default_factory=dict)
     root: Path | None = None
     replicas: list["Experiment"] = field(default_factory=list)
 
@@ -149,12 +150,13 @@ class Experiment:
         return (self.root or self.dir).joinpath(*parts)
 
     def replica(self, k: int) -> "Experiment":
-        """The k-th seed replicate (k = 0 is this run itself), created on first use with the shared results."""
+        """The k-th seed replicate (k = 0 is this run itself). Its results read through to the run's (the shared
+        stages'), whenever they finish; what the replicate's own stages write stays its own."""
         while len(self.replicas) <= k:
             i = len(self.replicas)
             self.replicas.append(self if i == 0 else Experiment(
                 replace(self.cfg, seed=self.cfg.seed + i), self.dir / f"seed{i}", self.estimates,
-                results=dict(self.results), root=self.dir))
+                results=ChainMap({}, self.results), root=self.dir))
         return self.replicas[k]
 
     def train_cfg(self, **kw: Any) -> TrainConfig:
@@ -168,11 +170,12 @@ def run_stage(exp: Experiment, name: str, fn: Callable[[Experiment], dict], inde
     """Run `fn` once: a finished stage (its json exists) is loaded, not re-run. One line of progress each;
     `remaining` is the estimated seconds of every unfinished stage, for the ETA."""
     done_file = exp.path("stages", f"{name}.json")
+    label = name if exp.root is None else f"{name} (seed {exp.cfg.seed})"
     if done_file.exists():
         result = json.loads(done_file.read_text())
-        say(f"[{index}/{total}] {name}: done earlier ({result['seconds']:.0f} s), skipped")
+        say(f"[{index}/{total}] {label}: done earlier ({result['seconds']:.0f} s), skipped")
         return result
-    say(f"[{index}/{total}] {name}: running (est. {exp.estimates.get(name, 0):.0f} s; "
+    say(f"[{index}/{total}] {label}: running (est. {exp.estimates.get(name, 0):.0f} s; "
         f"~{remaining / 60:.1f} min left in the experiment)")
     t0 = time.time()
     result = {"name": name, **fn(exp), "seconds": time.time() - t0, "status": "done"}
@@ -180,7 +183,7 @@ def run_stage(exp: Experiment, name: str, fn: Callable[[Experiment], dict], inde
     done_file.write_text(json.dumps(result, indent=2))
     if not exp.cfg.keep_checkpoints:
         drop_checkpoints(result)
-    say(f"[{index}/{total}] {name}: finished in {result['seconds']:.0f} s")
+    say(f"[{index}/{total}] {label}: finished in {result['seconds']:.0f} s")
     return result
 
 
@@ -438,13 +441,13 @@ def stage_evaluate(exp: Experiment) -> dict:
     sft = evaluate_policy(reference, reference, tok, prompts, vader_score, _sampling(exp), seed=exp.cfg.seed + 1)
     entries = [{"method": "sft", "label": "SFT (reference)", "seed": 0, "beta": None,
                 "checkpoints": [_checkpoint(0, sft)], "win_rate_vs_sft": None, "completions": sft.completions}]
+    bon_label = f"Best-of-N (N={','.join(str(n) for n in exp.cfg.best_of)}; learned RM)"
+    bon = Method("best-of-n", "best_of_n", bon_label, None, lambda e, m: {})
     for k in range(exp.cfg.seeds):
         replica = exp.replica(k)
         suffix = f" (seed {replica.cfg.seed})" if exp.cfg.seeds > 1 else ""
         runs = [(m, evaluate_run(replica, replica.path("runs", m.name), reference, tok, prompts))
                 for m in methods_for(exp.cfg)]
-        bon_label = f"Best-of-N (N={','.join(str(n) for n in exp.cfg.best_of)}; learned RM)"
-        bon = Method("best-of-n", "best_of_n", bon_label, None, lambda e, m: {})
         runs.append((bon, evaluate_best_of_n(replica, reference, tok, prompts)))
         for m, ev in runs:
             wr = win_rate(vader_score(prompts, ev["completions"]), sft.scores).to_dict()
@@ -537,7 +540,7 @@ def run_experiment(cfg: SentimentConfig) -> dict:
 
     def remaining() -> float:
         return sum(exp.estimates[name] for k, name, _ in stages
-                   if not (out / (f"seed{k}" if k else "") / "stages" / f"{name}.json").exists())
+                   if not exp.replica(k).path("stages", f"{name}.json").exists())
 
     for i, (k, name, fn) in enumerate(stages, start=1):
         replica = exp.replica(k)  # replicate 0 is the run itself
