@@ -113,7 +113,7 @@ def run_rlhfkit(root: Path, setting: str, steps: int, batch: int, threads: int, 
                 shared_prefix: bool = True) -> dict:
     import torch
 
-    import rlhfkit.dpo as dpo
+    import rlhfkit.dpo.offline as dpo  # setup() looks the objective up here
     from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
     from rlhfkit.dpo import DPOConfig, run_dpo
 

@@ -88,7 +88,7 @@ def run_rlhfkit(p: dict) -> dict:
     """`rlhfkit rm train` on the rankings file (K = 2: preference pairs), timing each objective call."""
     import torch
 
-    import rlhfkit.reward as reward
+    import rlhfkit.reward.train as reward  # run_rm_train looks the objective up here
     from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 
     starts: list[float] = []

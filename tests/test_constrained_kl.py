@@ -200,7 +200,8 @@ def test_bad_sampling_settings_fail_in_one_line_everywhere(tiny_model, tiny_toke
     tok = tiny_tokenizer
     _one_line_error(match, sample, tiny_model, [[5, 6]], tok.pad_token_id, tok.eos_token_id, max_new_tokens=2,
                     temperature=temperature, top_p=top_p)
-    _one_line_error(match, best_of_n, tiny_model, tok, ["the"], length_scorer, 2, 2, temperature, top_p)
+    _one_line_error(match, best_of_n, tiny_model, tok, ["the"], length_scorer, 2, max_new_tokens=2,
+                    temperature=temperature, top_p=top_p)
     _one_line_error(match, evaluate_policy, tiny_model, tiny_model, tok, ["the"], length_scorer,
                     SamplingConfig(max_new_tokens=2, temperature=temperature, top_p=top_p))
     _one_line_error(match, ppo.check_config, ppo.PPOConfig(prompts="p.jsonl", temperature=temperature, top_p=top_p))
@@ -222,7 +223,7 @@ def test_greedy_and_top_p_are_refused_only_where_a_kl_is_measured(tiny_model, ti
 
 def test_cli_sampling_settings_are_checked_before_anything_is_loaded(tmp_path):
     from rlhfkit.evaluate import reward_kl_main, win_rate_main
-    from rlhfkit.generation import sample_main
+    from rlhfkit.bestofn import sample_main
 
     missing = str(tmp_path / "no-such-model")  # neither the models nor the prompts exist: the check comes first
     common = ["--prompts", str(tmp_path / "no-such-prompts.jsonl")]

@@ -243,6 +243,8 @@ def test_each_loss_runs_one_step_through_the_cli(loss, model_dir, tmp_path):
     setups = {"dpo": [], "ipo": ["--ref-mode", "per_step"], "cdpo": ["--lora.r", "4"],
               "preferred_ft": ["--lora.r", "4", "--ref-mode", "per_step"], "unlikelihood": []}
     extra = ["--loss", loss, "--tau", "0.2", "--alpha", "0.5", "--label-smoothing", "0.2", *setups[loss]]
+    if loss in ("preferred_ft", "unlikelihood"):  # a step large enough to measure its direction below
+        extra += ["--optim.lr", "1e-2", "--optim.warmup-steps", "0"]
     assert cli.main(_run_args(model_dir, data, out, *extra)) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["loss"] == loss and summary["step"] == 1 and summary["pairs"] == 6 * 3
@@ -253,6 +255,43 @@ def test_each_loss_runs_one_step_through_the_cli(loss, model_dir, tmp_path):
     if loss in at_init:
         assert summary["train"]["train/loss"] == pytest.approx(at_init[loss], rel=1e-4)
     assert math.isfinite(summary["train"]["train/loss"])
+    if loss in ("preferred_ft", "unlikelihood"):
+        _check_baseline_direction(loss, model_dir, data, out / "model")
+
+
+def _check_baseline_direction(loss, initial_dir, data, trained_dir):
+    """The saved model moved the way its objective pulls, measured on all the run's training pairs against
+    the initial model: preferred-FT raises log pi(chosen); unlikelihood lowers its own loss (mean NLL of the
+    chosen tokens minus alpha * mean log(1 - p) of the rejected ones) and so widens log pi(' good') (never
+    rejected) over log pi(' so bad') (never chosen)."""
+    from rlhfkit import losses
+    from rlhfkit.dpo import load_pair_records
+
+    train_records, _ = load_pair_records(DataConfig(train=str(data), eval_fraction=0.25), seed=0)
+    assert len(train_records) == 6 * 3
+
+    def measure(path):
+        model, tokenizer = load_causal_lm(ModelConfig(name=str(path)))
+        pairs = _pairs_of(tokenizer, train_records)
+        with torch.no_grad():
+            token_logps, mask = response_token_logps(model.eval(), collate_pairs(pairs, tokenizer.pad_token_id))
+        B = len(pairs)
+        seq = ops.masked_sum(token_logps, mask, dim=-1)  # (2B,): chosen first
+        ul = losses.unlikelihood_loss(token_logps[:B], mask[:B], token_logps[B:], mask[B:], alpha=0.5)
+        by_text = {}
+        for rec, c, r in zip(train_records, seq[:B].tolist(), seq[B:].tolist()):
+            by_text.setdefault(rec["chosen"], []).append(c)
+            by_text.setdefault(rec["rejected"], []).append(r)
+        mean = {k: sum(v) / len(v) for k, v in by_text.items()}
+        return float(seq[:B].mean()), float(ul.mean()), mean[" good"] - mean[" so bad"]
+
+    chosen0, ul0, gap0 = measure(initial_dir)
+    chosen1, ul1, gap1 = measure(trained_dir)
+    if loss == "preferred_ft":
+        assert chosen1 > chosen0 + 0.05, (chosen0, chosen1)  # measured +0.17 (one LoRA step)
+    else:
+        assert ul1 < ul0 - 0.1, (ul0, ul1)  # measured -0.55
+        assert gap1 > gap0 + 0.1, (gap0, gap1)  # measured +0.53
 
 
 def count_good(prompts: list[str], responses: list[str]) -> list[float]:

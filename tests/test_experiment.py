@@ -44,9 +44,54 @@ def test_smoke_experiment_writes_a_report_with_every_method_on_the_frontier(smok
         if "comparisons" in f and len(f["comparisons"]) == 2:  # one frontier claim: its verdict is its interval's
             c = next(iter(f["comparisons"].values()))
             assert f["reproduced"] == {"a": True, "b": False, None: None}[c["winner"]]
+    _check_verdicts_follow_their_numbers(cfg, results)
     assert (Path(out) / "seed1" / "stages" / "ppo.json").exists()
     html = (Path(out) / "report.html").read_text()
     assert "<script" not in html.lower()
+
+
+def _side(low: float, high: float) -> bool | None:
+    """The verdict an interval for "A - B > 0" gives: above 0 reproduced, below 0 not, straddling 0 neither."""
+    return True if low > 0 else False if high < 0 else None
+
+
+def _check_verdicts_follow_their_numbers(cfg, results):
+    """Every finding's verdict, re-derived from the numbers it records (and those recomputed from the
+    methods in results.json), by the rules in rlhfkit.findings' docstring."""
+    from rlhfkit import findings, stats
+
+    f_ppo, f_ppo_gt, f_beta, f_baselines = results["findings"]
+    # frontier claims: the verdict is the side of 0 the raw gap's interval lies on
+    for f, key in ((f_ppo, "dpo vs ppo"), (f_ppo_gt, "dpo vs ppo_gt")):
+        c = f["comparisons"][key]  # the smoke run has per-prompt values for every method
+        assert f["reproduced"] is _side(c["low"], c["high"]), (key, c, f["reproduced"])
+        assert f"{c['gap']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" in f["evidence"]
+    # baselines: reproduced iff both raw gaps are significantly positive; not iff either is significantly negative
+    sides = [_side(f_baselines["comparisons"][k]["low"], f_baselines["comparisons"][k]["high"])
+             for k in ("dpo vs preferred_ft", "dpo vs unlikelihood")]
+    expected = False if False in sides else True if sides == [True, True] else None
+    assert f_baselines["reproduced"] is expected, (sides, f_baselines["reproduced"])
+    # beta sets KL: the fit and its slope interval recomputed from the methods' final checkpoints, then the rule
+    betas, kls = findings.beta_kl_points(results["methods"])
+    assert len(betas) == 4 * cfg.seeds
+    fit = stats.fit_beta_kl(betas, kls)
+    assert f_beta["fit"] == pytest.approx({"slope": fit.slope, "intercept": fit.intercept, "r2": fit.r2, "n": fit.n})
+    assert results["beta_fit"] == pytest.approx(f_beta["fit"])
+    low, high = findings.beta_slope_interval(results["methods"], seed=cfg.seed)
+    assert f_beta["slope_interval"] == pytest.approx([low, high])
+    if fit.n < 3:
+        expected = None
+    elif low > 0 or fit.r2 < 0.5:
+        expected = False
+    else:
+        expected = True if high < 0 and fit.r2 >= 0.8 else None
+    assert f_beta["reproduced"] is expected, (fit, low, high, f_beta["reproduced"])
+    # and the report's findings table shows each verdict with its own word, in order
+    words = {"reproduced", "did not reproduce", "inconclusive"}
+    rows = [line.split(" | ") for line in (Path(cfg.out) / "report.md").read_text().splitlines()
+            if line.startswith("| ")]
+    assert [r[1] for r in rows if len(r) > 2 and r[1] in words] == [findings.verdict(f["reproduced"])
+                                                                    for f in results["findings"]]
 
 
 def test_finished_stages_keep_models_not_checkpoints_and_link_the_last_snapshot(smoke_run):

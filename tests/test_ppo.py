@@ -169,7 +169,21 @@ def test_ppo_raises_toy_gold_reward(model_dir, prompts_file, tmp_path):
     assert rows[0]["objective/kl"] == 0.0  # before any update the policy is the reference
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(summary["model"]) is not None
+    saved = AutoModelForCausalLM.from_pretrained(summary["model"]).eval()
+    initial = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        moved = float((saved(input_ids=ids).logits - initial(input_ids=ids).logits).abs().max())
+    assert moved > 1e-2, moved  # the saved model is the trained policy, not the initial one (the reference)
+    # ...and exactly the policy the run ended with: the weights in its final (step-20) checkpoint
+    last = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1]
+    assert last.name == "step-0000020"
+    state = torch.load(last / "pytorch_model.bin", weights_only=True)
+    policy = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
+    weights = saved.state_dict()
+    assert len(policy.keys() & weights.keys()) >= len(weights) - 1  # a tied lm_head may be stored once
+    for name in policy.keys() & weights.keys():
+        assert torch.equal(policy[name], weights[name]), name
 
 
 def test_adaptive_kl_settles_near_target(model_dir, prompts_file, tmp_path):
@@ -201,7 +215,18 @@ def test_lora_and_ptx_run(model_dir, prompts_file, toy_corpus, tmp_path):
     assert rows[0]["objective/kl"] == 0.0 and 0 < rows[0]["ppo/ptx_loss"] < 20
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(summary["model"]) is not None
+    # the saved model is the LoRA policy merged into plain weights: only the adapted projections (q, k, v, o)
+    # moved; every other weight is exactly the initial one
+    saved = AutoModelForCausalLM.from_pretrained(summary["model"]).state_dict()
+    initial = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    assert saved.keys() == initial.keys() and not any("lora" in k for k in saved)
+    adapted = [k for k in saved if any(f"{m}.weight" in k for m in ("q_proj", "k_proj", "v_proj", "o_proj"))]
+    assert len(adapted) == 4 * 2  # 4 projections x 2 layers
+    for name in saved:
+        if name in adapted:
+            assert float((saved[name] - initial[name]).abs().max()) > 1e-6, name
+        else:
+            assert torch.equal(saved[name], initial[name]), name
 
 
 def test_resume_continues_from_same_step_and_kl_coef(model_dir, prompts_file, tmp_path):
@@ -249,7 +274,7 @@ def test_best_of_n_picks_the_max_score_response(tiny_model, tiny_tokenizer):
 
 def test_sample_cli_writes_candidates_and_best_of(model_dir, prompts_file, tmp_path, tiny_tokenizer):
     from rlhfkit.bestofn import best_of_n
-    from rlhfkit.generation import sample_main
+    from rlhfkit.bestofn import sample_main
     from transformers import AutoModelForCausalLM
 
     plain_out, best_out = tmp_path / "cands.jsonl", tmp_path / "best.jsonl"

@@ -1,15 +1,25 @@
-"""Best-of-N sampling: draw N completions per prompt from a policy, keep the one a scorer likes best.
+"""Best-of-N sampling, and `rlhfkit sample`: draw N completions per prompt, keep the one a scorer likes best.
 
 A strong, training-free baseline for RLHF (Stiennon et al. 2020; Nakano et al. 2021): its KL to the policy is
 at most log N - (N - 1) / N nats, so it belongs on every reward-vs-KL frontier next to PPO and DPO.
+
+    rlhfkit sample --model runs/sft/model --prompts prompts.jsonl --num-samples 4 --out candidates.jsonl
+    rlhfkit sample ... --best-of 8 --reward rm:runs/rm/model
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-Scorer = Callable[[list[str], list[str]], list[float]]
+from rlhfkit.data import encode_prompt, read_records, write_jsonl
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.generation import decode_responses, sample
+from rlhfkit.sampling import SamplingConfig, check_sampling
+from rlhfkit.tracking import say
+
+if TYPE_CHECKING:
+    from rlhfkit.labeling.gold import Scorer
 
 
 @dataclass
@@ -23,20 +33,19 @@ class BestOfN:
     scores: list[float]
 
 
-def best_of_n(model: Any, tokenizer: Any, prompts: list[str], scorer: Scorer, n: int, max_new_tokens: int = 32,
-              temperature: float = 1.0, top_p: float = 1.0, min_new_tokens: int = 0, seed: int = 0,
-              batch_size: int = 64, max_prompt_length: int = 64, spec: str = "scorer") -> list[BestOfN]:
-    """For each prompt, sample n completions (rlhfkit.generation.sample, same seed -> same candidates), score
-    them all with `scorer(prompts, responses)` and keep the highest (the first one on ties)."""
-    from rlhfkit.data import encode_prompt
-    from rlhfkit.generation import decode_responses, sample
+def best_of_n(model: Any, tokenizer: Any, prompts: list[str], scorer: Scorer, n: int,
+              sampling: SamplingConfig | None = None, *, seed: int = 0, max_prompt_length: int = 64,
+              spec: str = "scorer", **fields: Any) -> list[BestOfN]:
+    """For each prompt, sample n completions (`rlhfkit.generation.sample` with `sampling` and any SamplingConfig
+    `fields`; same seed -> same candidates), score them all with `scorer(prompts, responses)` and keep the
+    highest (the first one on ties)."""
     from rlhfkit.labeling.gold import checked_scores
 
     if n < 1:
         raise ValueError(f"best_of_n needs n >= 1, got {n}")
     ids = [encode_prompt(tokenizer, p)[-max_prompt_length:] for p in prompts]
-    rollout = sample(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, n, max_new_tokens, temperature,
-                     top_p, min_new_tokens, seed, batch_size)
+    rollout = sample(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, sampling, num_samples=n, seed=seed,
+                     **fields)
     texts = decode_responses(tokenizer, rollout)  # n consecutive rows per prompt
     scores = checked_scores(scorer, [p for p in prompts for _ in range(n)], texts, spec)
     out = []
@@ -45,3 +54,74 @@ def best_of_n(model: Any, tokenizer: Any, prompts: list[str], scorer: Scorer, n:
         best = max(range(n), key=lambda j: sc[j])  # max() keeps the first of equal scores
         out.append(BestOfN(prompt, cands[best], sc[best], cands, sc))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- rlhfkit sample
+@dataclass(frozen=True)
+class SampleConfig:
+    """rlhfkit sample: K completions per prompt -> a candidates JSONL ({"prompt", "responses", "policy"})."""
+
+    model: str = "tiny"
+    """Policy: a model directory, a Hugging Face id, `smollm2` or `tiny` (random weights)."""
+    prompts: str = ""
+    """Prompts JSONL ({"prompt"})."""
+    out: str = "candidates.jsonl"
+    """Candidates JSONL to write."""
+    num_samples: int = 4
+    """Responses written per prompt."""
+    max_new_tokens: int = 32
+    """Longest response in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature (0: greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1: off)."""
+    min_new_tokens: int = 1
+    """Forbid EOS before this many tokens (candidates files hold non-empty responses)."""
+    seed: int = 0
+    """Sampling seed (same seed and batch size -> same responses)."""
+    best_of: int = 1
+    """Each written response is the best of this many samples under --reward (1: plain sampling)."""
+    reward: str | None = None
+    """Scorer for --best-of: `rm:PATH`, `vader` or `module:function`."""
+    batch_size: int = 64
+    """Sequences per generation forward pass."""
+    max_prompt_length: int = 64
+    """Longest prompt in tokens; longer prompts keep their end."""
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
+                              temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size)
+
+
+def sample_main(argv: list[str]) -> int:
+    from rlhfkit import config as config_lib
+    from rlhfkit.config import ModelConfig
+    from rlhfkit.labeling.gold import make_scorer
+    from rlhfkit.models import load_causal_lm
+
+    cfg = config_lib.parse(SampleConfig, argv, prog="rlhfkit sample")
+    if not cfg.prompts:
+        raise RlhfkitError("--prompts is required (a JSONL file of {\"prompt\": ...} records)")
+    check_sampling(cfg.temperature, cfg.top_p)  # before loading the model
+    if cfg.best_of > 1 and not cfg.reward:
+        raise RlhfkitError("--best-of needs --reward (rm:PATH, vader or module:function) to pick the best")
+    scorer = make_scorer(cfg.reward) if cfg.best_of > 1 else (lambda p, r: [0.0] * len(r))
+    prompts = [r["prompt"] for r in read_records(cfg.prompts, "prompts")]
+    model, tokenizer = load_causal_lm(ModelConfig(name=cfg.model), seed=cfg.seed)
+    # K written responses per prompt = K rows of the prompt, each the best of `best_of` samples
+    rows = [p for p in prompts for _ in range(cfg.num_samples)]
+    picked = best_of_n(model, tokenizer, rows, scorer, cfg.best_of, cfg.sampling, seed=cfg.seed,
+                       max_prompt_length=cfg.max_prompt_length, spec=cfg.reward or "none")
+    policy = cfg.model if cfg.best_of == 1 else f"{cfg.model} best-of-{cfg.best_of} by {cfg.reward}"
+    records, blank = [], 0
+    for i, prompt in enumerate(prompts):
+        responses = [b.response for b in picked[i * cfg.num_samples: (i + 1) * cfg.num_samples]]
+        kept = [r for r in responses if r.strip()]  # nothing for a person (label serve) to rank in a blank
+        blank += len(responses) - len(kept)
+        if kept:
+            records.append({"prompt": prompt, "responses": kept, "policy": policy})
+    n = write_jsonl(cfg.out, records)
+    say(f"sample: {n} prompts x {cfg.num_samples} responses written to {cfg.out}"
+        + (f" ({blank} blank responses dropped)" if blank else ""))
+    return 0

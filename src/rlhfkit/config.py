@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TinyArch:
-    """Architecture of the built-in `tiny` Llama-style model (DESIGN.md: d=192, 4 layers, context 64)."""
+    """Architecture of the built-in `tiny` Llama-style model (d=192, 4 layers, context 64; docs/design.md)."""
 
     hidden_size: int = 192
     """Width of the residual stream."""

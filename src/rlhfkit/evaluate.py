@@ -22,36 +22,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rlhfkit import stats
 from rlhfkit.data import encode_prompt, read_records
-from rlhfkit.generation import Rollout, check_sampling, decode_responses, sample, sequence_logprob_sums
+from rlhfkit.generation import Rollout, decode_responses, sample
+from rlhfkit.logprobs import sequence_logprob_sums
+from rlhfkit.sampling import SamplingConfig, check_sampling
 
-Scorer = Callable[[list[str], list[str]], list[float]]
+if TYPE_CHECKING:
+    from rlhfkit.labeling.gold import Scorer
 # Rows per teacher-forced reference forward: 64 measured fastest on 2 CPU cores (of 32 to 400 rows), and it bounds
 # the (rows, A + 1, V) fp32 logits whatever the generation batch size.
 SCORING_BATCH = 64
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How evaluation samples completions."""
-
-    max_new_tokens: int = 24
-    """Longest completion in tokens."""
-    min_new_tokens: int = 0
-    """Forbid EOS before this many tokens (= max_new_tokens: fixed-length completions)."""
-    temperature: float = 1.0
-    """Sampling temperature > 0; the KL compares both models at this temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1.0: off); reward-kl refuses < 1 (infinite KL), win-rate accepts it."""
-    samples_per_prompt: int = 1
-    """Completions drawn per prompt (standard errors are clustered by prompt)."""
-    batch_size: int = 256
-    """Sequences per generation batch (256: measured fastest on 2 CPU cores, 400 prompts x 24 tokens)."""
 
 
 @dataclass
@@ -90,7 +75,7 @@ def kl_logratios(policy: Any, reference: Any, rollout: Rollout, cfg: SamplingCon
     tiny model). Half-precision models recompute it teacher-forced like the reference, so that both sides carry
     the same rounding. `policy is reference` gives exactly 0.
     """
-    constraint = dict(temperature=cfg.temperature, min_new_tokens=cfg.min_new_tokens, eos_id=eos_id)
+    constraint = cfg.constraint(eos_id)
     if next(policy.parameters()).dtype == torch.float32:
         policy_logps = rollout.logprobs.sum(-1).double()  # (N,) padding is 0
     else:
@@ -109,9 +94,7 @@ def evaluate_policy(policy: Any, reference: Any, tokenizer: Any, prompts: list[s
     """
     check_sampling(cfg.temperature, cfg.top_p, needs_logprobs=True)
     rollout = sample(policy, [encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id,
-                     tokenizer.eos_token_id, num_samples=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                     temperature=cfg.temperature, top_p=cfg.top_p, min_new_tokens=cfg.min_new_tokens, seed=seed,
-                     batch_size=cfg.batch_size)
+                     tokenizer.eos_token_id, cfg, seed=seed)
     texts = decode_responses(tokenizer, rollout)
     rows = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     scores = [float(s) for s in scorer(rows, texts)]
@@ -220,16 +203,7 @@ def win_rate_main(argv: list[str]) -> int:
     for path in (args.a, args.b):
         model, tokenizer = _load(path)
         rollout = sample(model, [encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id,
-                         tokenizer.eos_token_id, max_new_tokens=args.sampling.max_new_tokens,
-                         min_new_tokens=args.sampling.min_new_tokens, temperature=args.sampling.temperature,
-                         top_p=args.sampling.top_p, seed=args.seed, batch_size=args.sampling.batch_size)
+                         tokenizer.eos_token_id, args.sampling, num_samples=1, seed=args.seed)  # one per prompt
         completions.append(decode_responses(tokenizer, rollout))
     print(json.dumps(judge_win_rate(prompts, completions[0], completions[1], scorer).to_dict(), indent=2))
     return 0
-
-
-def beta_for_kl_main(argv: list[str]) -> int:
-    """`rlhfkit eval beta-for-kl`: implemented next to DPO, which writes the runs it reads."""
-    from rlhfkit.dpo import beta_for_kl_main as impl
-
-    return impl(argv)

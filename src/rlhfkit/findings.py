@@ -25,7 +25,7 @@ the same order for every checkpoint; the entry with method "sft" is the referenc
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -1,9 +1,14 @@
-"""The one training loop every offline objective shares: `fit(objective, ...)`.
+"""The training loop: one step runner (`StepLoop`) that every stage drives, and `fit(objective, ...)` on top.
 
-It knows nothing about the algorithm it runs: an objective maps (model, batch) to (scalar loss, metrics).
-On top of `accelerate` (DDP / FSDP / DeepSpeed by `accelerate launch`; plain CPU or one GPU otherwise) it does
-gradient accumulation, clipping, warmup + cosine schedule, periodic evaluation, metrics, atomic resumable
-checkpoints, and stops on a non-finite loss keeping the last good checkpoint.
+`StepLoop` owns what is the same for every stage: the progress bar, the optional time limit, atomic resumable
+checkpoints (with a stage's extra state, e.g. PPO's KL controller), snapshots and exact resume; a stage gives
+it what one optimizer step does. `finish_stage` saves the final model and summary.json the same way for all.
+
+`fit` runs every offline objective (SFT, pretraining, DPO and its baselines, the reward model) and knows nothing
+about the algorithm: an objective maps (model, batch) to (scalar loss, metrics). On top of `accelerate` (DDP /
+FSDP / DeepSpeed by `accelerate launch`; plain CPU or one GPU otherwise) it does gradient accumulation,
+clipping, warmup then a cosine / linear / constant schedule, periodic evaluation and metrics, and stops on a
+non-finite loss keeping the last good checkpoint. PPO drives `StepLoop` with its own step (`rlhfkit.ppo`).
 
 Data order is a pure function of (seed, epoch): optimizer step s of epoch e reads rows [s*G, (s+1)*G) of a
 seeded permutation, G = batch_size * grad_accum * processes, and process r takes its contiguous share. So a
@@ -188,7 +193,88 @@ def load_latest_checkpoint(accelerator: Any, run_dir: Path) -> tuple[int, dict] 
     return state["step"], state["extra"]
 
 
-# ---------------------------------------------------------------------------------------------------- loop
+# ----------------------------------------------------------------------------------------------- step runner
+@dataclass
+class StepLoop:
+    """The outer loop every stage shares, offline objectives (`fit`) and PPO alike: progress bar, the optional
+    time limit, checkpoints (with a stage's extra state), snapshots and exact resume. A stage supplies what one
+    optimizer step does; the runner decides when to save.
+
+    model: what snapshots save (the runner unwraps it); postfix: progress-bar fields from a step's metrics;
+    extra: state saved with every checkpoint and returned by `resume` (e.g. PPO's KL controller).
+    """
+
+    cfg: TrainConfig
+    run: Run
+    accelerator: Any
+    total: int
+    model: Any
+    tokenizer: Any = None
+    postfix: Callable[[dict[str, float]], dict[str, str]] = lambda metrics: {}
+    extra: Callable[[], dict] | None = None
+
+    def resume(self) -> tuple[int, dict]:
+        """(first step to run, the extra state of the checkpoint it resumes from): (0, {}) for a fresh run.
+        Logged rows after that step are dropped, since the resumed run logs them again."""
+        restored = load_latest_checkpoint(self.accelerator, self.run.dir) if self.cfg.resume else None
+        start, extra = restored if restored is not None else (0, {})
+        self.run.truncate_metrics(start)
+        return start, extra
+
+    def run_steps(self, start: int, step: Callable[[int], dict[str, float]],
+                  after_step: Callable[[int, dict[str, float], bool], None] | None = None) -> LoopResult:
+        """Run optimizer steps start..total-1. `step(s)` does step s and returns its metrics; `after_step(done,
+        metrics, last)` logs or evaluates before the step's snapshot and checkpoint are written."""
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.accelerator
+        bar = tqdm(total=self.total, initial=start, disable=not (cfg.progress and acc.is_main_process),
+                   desc=self.run.dir.name, dynamic_ncols=True)
+        result, t0, every = LoopResult(step=start), time.time(), snapshot_interval(cfg, self.total)
+        for s in range(start, self.total):
+            metrics = step(s)
+            result.step, result.metrics = s + 1, metrics
+            bar.update(1)
+            bar.set_postfix(self.postfix(metrics))
+            out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
+            last = result.step == self.total or out_of_time
+            if after_step is not None:
+                after_step(result.step, metrics, last)
+            due = every is not None and (result.step % every == 0 or last)
+            result.snapshot = save_snapshot(acc, self.model, self.tokenizer, self.run.dir, result.step) if due else None
+            if result.step % cfg.save_every == 0 or last:
+                save_checkpoint(acc, self.run.dir, result.step, self.extra() if self.extra else None,
+                                keep=cfg.keep_checkpoints)
+            if out_of_time:
+                result.status = "time_limit"
+                break
+        bar.close()
+        result.seconds = time.time() - t0
+        return result
+
+
+@dataclass
+class LoopResult:
+    step: int
+    status: str = "done"  # "done" | "time_limit"
+    metrics: dict[str, float] = field(default_factory=dict)  # the last step's
+    seconds: float = 0.0
+    snapshot: Path | None = None  # the snapshot saved at `step` by this call (None if the last step saved none)
+
+
+def finish_stage(accelerator: Any, model: Any, tokenizer: Any, run: Run, summary: dict[str, Any],
+                 snapshot: Path | None = None, merge_lora: bool = True) -> dict[str, Any]:
+    """Every training stage ends the same way: the model saved to <run>/model (a final snapshot's files
+    hard-linked, see `save_final_model`) and summary.json written by the main process, then the run closed."""
+    summary["model"] = str(run.dir / "model")
+    if accelerator.is_main_process:
+        save_final_model(accelerator.unwrap_model(model), tokenizer, run.dir, snapshot, merge_lora)
+        run.write_json("summary.json", summary)
+    run.close()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------- fit
 def _num_tokens(batch: Any) -> int:
     mask = getattr(batch, "attention_mask", None)
     return int(mask.sum()) if mask is not None else 0
@@ -198,17 +284,17 @@ def _num_tokens(batch: Any) -> int:
 def evaluate_objective(objective: Objective, model: Any, examples: Sequence, collate: Callable, batch_size: int,
                        device: Any) -> dict[str, float]:
     """Mean of the objective's loss and metrics over held-out examples (dropout off), as `eval/<name>`."""
-    was_training = model.training
-    model.eval()
+    from rlhfkit.logprobs import eval_mode
+
     sums: dict[str, float] = {}
     n = 0
-    for i in range(0, len(examples), batch_size):
-        chunk = list(examples[i : i + batch_size])
-        loss, metrics = objective(model, collate(chunk).to(device))
-        for k, v in {"loss": float(loss), **metrics}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
-        n += len(chunk)
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(examples), batch_size):
+            chunk = list(examples[i : i + batch_size])
+            loss, metrics = objective(model, collate(chunk).to(device))
+            for k, v in {"loss": float(loss), **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
+            n += len(chunk)
     return {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
 
 
@@ -223,6 +309,45 @@ def _check_finite(accelerator: Any, loss: torch.Tensor, step: int, run_dir: Path
             f"non-finite loss at optimizer step {step + 1}; stopped, {kept}. Lower the learning rate or check "
             "the data, then rerun (add --train.resume to continue from that checkpoint)"
         )
+
+
+@dataclass
+class FitState:
+    """What `fit`'s optimizer steps share: the prepared model and optimizer, the data, and running counts."""
+
+    objective: Objective
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    train: Sequence
+    collate: Callable[[list], Any]
+    cfg: TrainConfig
+    optim: OptimConfig
+    loop: StepLoop
+    tokens: int = 0
+    window: list[dict[str, float]] = field(default_factory=list)
+
+
+def _fit_step(st: FitState, step: int) -> dict[str, float]:
+    """One optimizer step: gradient accumulation over this process's micro-batches, clipping, the update."""
+    acc = st.loop.accelerator
+    micro = step_indices(st.cfg, len(st.train), step, acc.num_processes, acc.process_index)
+    metrics_sum: dict[str, float] = {}
+    for i, idx in enumerate(micro):
+        batch = st.collate([st.train[j] for j in idx]).to(acc.device)
+        st.tokens += _num_tokens(batch) * acc.num_processes
+        sync = acc.no_sync(st.model) if i < len(micro) - 1 else contextlib.nullcontext()
+        with sync:
+            loss, metrics = st.objective(st.model, batch)
+            _check_finite(acc, loss, step, st.loop.run.dir)
+            acc.backward(loss / len(micro))
+        for k, v in {"loss": float(loss.detach()), **metrics}.items():
+            metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v) / len(micro)
+    metrics_sum["grad_norm"] = _clip(acc, st.model, st.optim)
+    st.optimizer.step()
+    st.scheduler.step()
+    st.optimizer.zero_grad(set_to_none=True)
+    return metrics_sum
 
 
 def fit(
@@ -244,72 +369,34 @@ def fit(
     (unwrapped) model, e.g. sampled KL, merged into the eval metrics. tokenizer: saved with snapshots.
     """
     accelerator = accelerator or make_accelerator(cfg)
-    P = accelerator.num_processes
-    steps = total_steps(cfg, len(train), P)
+    steps = total_steps(cfg, len(train), accelerator.num_processes)
     optimizer, scheduler = make_optimizer(model, optim, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    start = 0
-    if cfg.resume and (restored := load_latest_checkpoint(accelerator, run.dir)) is not None:
-        start = restored[0]
-        run.truncate_metrics(start)
-    return _train(objective, model, optimizer, scheduler, train, collate, cfg, optim, run, accelerator, start,
-                  steps, eval_examples, evaluate, tokenizer)
+    loop = StepLoop(cfg, run, accelerator, steps, model, tokenizer,
+                    postfix=lambda m: {"loss": f"{m['loss']:.4f}"})
+    start = loop.resume()[0]
+    st = FitState(objective, model, optimizer, scheduler, train, collate, cfg, optim, loop)
+    result = FitResult(step=start, status="done")
+    t0 = time.time()
 
-
-def _train(objective, model, optimizer, scheduler, train, collate, cfg, optim, run, accelerator, start, steps,
-           eval_examples, evaluate, tokenizer) -> FitResult:
-    from tqdm.auto import tqdm
-
-    P, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
-    bar = tqdm(total=steps, initial=start, disable=not (cfg.progress and accelerator.is_main_process),
-               desc=run.dir.name, dynamic_ncols=True)
-    t0, tokens, window, result = time.time(), 0, [], FitResult(step=start, status="done")
-    every = snapshot_interval(cfg, steps)
-    model.train()
-    for step in range(start, steps):
-        micro = step_indices(cfg, len(train), step, P, rank)
-        metrics_sum: dict[str, float] = {}
-        for i, idx in enumerate(micro):
-            batch = collate([train[j] for j in idx]).to(device)
-            tokens += _num_tokens(batch) * P
-            sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
-            with sync:
-                loss, metrics = objective(model, batch)
-                _check_finite(accelerator, loss, step, run.dir)
-                accelerator.backward(loss / len(micro))
-            for k, v in {"loss": float(loss.detach()), **metrics}.items():
-                metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v) / len(micro)
-        grad_norm = _clip(accelerator, model, optim)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        window.append(metrics_sum)
-        done = step + 1
-        result.step, result.last_metrics = done, {f"train/{k}": v for k, v in metrics_sum.items()}
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics_sum['loss']:.4f}")
-        if done % cfg.log_every == 0 or done == steps:
-            elapsed = time.time() - t0
-            avg = {f"train/{k}": sum(w[k] for w in window) / len(window) for k in window[0]}
+    def after_step(done: int, metrics: dict[str, float], last: bool) -> None:
+        grad_norm = metrics.pop("grad_norm")
+        st.window.append(metrics)
+        result.last_metrics = {f"train/{k}": v for k, v in metrics.items()}
+        if done % cfg.log_every == 0 or last:
+            avg = {f"train/{k}": sum(w[k] for w in st.window) / len(st.window) for k in st.window[0]}
             run.log(done, {**avg, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
-                           "perf/tokens_per_s": tokens / max(elapsed, 1e-9)})
-            window = []
-        out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
-        last = done == steps or out_of_time
+                           "perf/tokens_per_s": st.tokens / max(time.time() - t0, 1e-9)})
+            st.window = []
         if eval_examples is not None and (done % cfg.eval_every == 0 or last):
             result.eval_metrics = _eval(objective, model, eval_examples, collate, cfg, accelerator, evaluate)
             run.log(done, result.eval_metrics)
-        snapshot_due = every is not None and (done % every == 0 or last)
-        result.snapshot = save_snapshot(accelerator, model, tokenizer, run.dir, done) if snapshot_due else None
-        if done % cfg.save_every == 0 or last:
-            save_checkpoint(accelerator, run.dir, done, keep=cfg.keep_checkpoints)
-        if out_of_time:
-            result.status = "time_limit"
-            break
-    bar.close()
-    result.seconds = time.time() - t0
-    result.tokens_per_second = tokens / max(result.seconds, 1e-9)
+
+    model.train()
+    ran = loop.run_steps(start, lambda s: _fit_step(st, s), after_step)
+    result.step, result.status, result.snapshot, result.seconds = ran.step, ran.status, ran.snapshot, ran.seconds
+    result.tokens_per_second = st.tokens / max(ran.seconds, 1e-9)
     return result
 
 

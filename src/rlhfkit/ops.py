@@ -2,8 +2,9 @@
 
 Vocabulary for shape comments: B batch, T tokens, A response tokens, V vocabulary.
 
-`token_logprobs` is the ONE place in rlhfkit that shifts logits against labels: logits[:, t] predicts
-input_ids[:, t + 1]. Everything else works with per-token log-probs indexed by the predicted token.
+`token_logprobs` is the one place in rlhfkit that shifts logits against labels: logits[:, t] predicts
+input_ids[:, t + 1]. Everything else works with per-token log-probs indexed by the predicted token (packed
+shared-prefix rows gather at explicit scoring columns instead; see `rlhfkit.logprobs`).
 """
 
 from __future__ import annotations
@@ -76,3 +77,8 @@ def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: 
     """
     return masked_sum(token_logprobs(logits, input_ids), loss_mask[:, 1:], dim=-1)
 
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore left padding: 0 at each row's first real token. (N, T) -> (N, T)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

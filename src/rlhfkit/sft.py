@@ -58,7 +58,7 @@ class SFTConfig:
 
 
 def lm_objective(model: Any, batch: TokenBatch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-weighted cross-entropy over loss_mask tokens (DESIGN.md: SFT / pretrain)."""
+    """Token-weighted cross-entropy over loss_mask tokens (docs/design.md: SFT and pretraining)."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
     token_logps = ops.token_logprobs(logits, batch.input_ids)  # (B, T-1)
     nll_sum, n_tokens = losses.sft_loss(token_logps, batch.loss_mask[:, 1:])
@@ -88,7 +88,7 @@ def perplexity(eval_metrics: dict[str, float]) -> float:
 
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer + model; returns a summary (held-out perplexity, tokens/s, paths)."""
-    from rlhfkit.loop import fit, make_accelerator, save_final_model
+    from rlhfkit.loop import finish_stage, fit, make_accelerator
     from rlhfkit.models import load_causal_lm, load_tokenizer, train_bpe_tokenizer
 
     train_recs, eval_recs = load_train_eval(cfg.data, "corpus", cfg.train.seed)  # bad data fails before any work
@@ -105,20 +105,16 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     say(f"pretrain: {len(train)} blocks of {cfg.data.max_length} tokens, {len(held)} held out, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     result = fit(lm_objective, model, train, _collate_for(tokenizer), cfg.train, cfg.optim, run, accelerator,
-                 eval_examples=held[:256] or None)
+                 eval_examples=held[:256] or None, tokenizer=tokenizer)
     summary = {"step": result.step, "status": result.status, "eval_loss": result.eval_metrics.get("eval/loss"),
                "perplexity": perplexity(result.eval_metrics), "tokens_per_s": result.tokens_per_second,
-               "seconds": result.seconds, "model": str(run.dir / "model")}
-    if accelerator.is_main_process:
-        save_final_model(accelerator.unwrap_model(model), tokenizer, run.dir, result.snapshot)
-        run.write_json("summary.json", summary)
-    run.close()
-    return summary
+               "seconds": result.seconds}
+    return finish_stage(accelerator, model, tokenizer, run, summary, result.snapshot)
 
 
 def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     """Fine-tune on response tokens only; returns a summary (held-out loss, truncation counts, paths)."""
-    from rlhfkit.loop import fit, make_accelerator, save_final_model
+    from rlhfkit.loop import finish_stage, fit, make_accelerator
     from rlhfkit.models import apply_lora, load_causal_lm
 
     train_recs, eval_recs = load_train_eval(cfg.data, "sft", cfg.train.seed)  # bad data fails before any work
@@ -130,15 +126,10 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     held, _ = encode_sft_records(tokenizer, eval_recs, cfg.data)
     say(f"sft: {len(train)} training examples ({stats.summary()}), {len(held)} held out")
     result = fit(lm_objective, model, train, _collate_for(tokenizer), cfg.train, cfg.optim, run, accelerator,
-                 eval_examples=held or None)
+                 eval_examples=held or None, tokenizer=tokenizer)
     summary = {"step": result.step, "status": result.status, "eval_loss": result.eval_metrics.get("eval/loss"),
-               "truncation": stats.as_dict(), "tokens_per_s": result.tokens_per_second, "seconds": result.seconds,
-               "model": str(run.dir / "model")}
-    if accelerator.is_main_process:
-        save_final_model(accelerator.unwrap_model(model), tokenizer, run.dir, result.snapshot, cfg.lora.merge)
-        run.write_json("summary.json", summary)
-    run.close()
-    return summary
+               "truncation": stats.as_dict(), "tokens_per_s": result.tokens_per_second, "seconds": result.seconds}
+    return finish_stage(accelerator, model, tokenizer, run, summary, result.snapshot, cfg.lora.merge)
 
 
 def pretrain_main(argv: list[str]) -> int:

@@ -8,12 +8,11 @@ a sentiment scorer (here VADER, standing in for the paper's IMDb classifier) of 
     PPO with the learned reward, PPO with the gold reward (PPO-GT), preferred-FT, unlikelihood, best-of-N
     -> evaluate every snapshot of every run on held-out prompts -> report (frontier, beta vs KL, findings).
 
-Each stage writes `<out>/stages/<name>.json` when it finishes; a re-run skips finished stages, and the stage
-that was killed continues from its last checkpoint (every training stage runs with resume on).
-
-`--seeds N` repeats everything after SFT (sampling, labelling, the reward model, every method) with seeds
-seed+1 .. seed+N-1 under `<out>/seed<k>/`; evaluation pools every replicate's checkpoints, on the same
-held-out prompts, into each method's frontier, so the findings' intervals include training noise.
+The stages run through `rlhfkit.experiments.runner` (this module's `RECIPE`): a re-run skips finished stages,
+and the stage that was killed continues from its last checkpoint. `--seeds N` repeats everything after SFT
+(sampling, labelling, the reward model, every method) with seeds seed+1 .. seed+N-1 under `<out>/seed<k>/`;
+evaluation pools every replicate's checkpoints, on the same held-out prompts, into each method's frontier, so
+the findings' intervals include training noise.
 
 Departures from the paper: VADER instead of a trained classifier,
 Rotten Tomatoes snippets instead of IMDb, a pretrained-from-scratch tiny model instead of GPT-2 large.
@@ -23,15 +22,13 @@ from __future__ import annotations
 
 import json
 import random
-from collections import ChainMap
-import shutil
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, MutableMapping
+from typing import Any, Callable, Literal
 
-from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TinyArch, TrainConfig
-from rlhfkit.tracking import say
+from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TinyArch
+from rlhfkit.experiments import runner
+from rlhfkit.experiments.runner import EVALUATION, Experiment, NamedStage, Recipe, Stage, checkpoint_entry, policies
 
 
 @dataclass(frozen=True)
@@ -125,82 +122,18 @@ PRESETS: dict[str, SentimentConfig] = {
 }
 
 
+Exp = Experiment[SentimentConfig]
+"""One run of this experiment, or one of its seed replicates."""
+
+
 # --------------------------------------------------------------------------------------------------- stages
-@dataclass
-class Experiment:
-    """Paths and state of one experiment run, or of one seed replicate of its post-SFT stages.
-
-    `dir` holds this replicate's artifacts (candidates, preferences, reward model, runs, stage files); `root`
-    the ones every replicate shares (corpus, SFT model, prompt splits, evaluation, report). For the first
-    replicate both are the run directory.
-    """
-
-    cfg: SentimentConfig
-    dir: Path
-    estimates: dict[str, float]
-    started: float = field(default_factory=time.time)
-    results: MutableMapping[str, Any] = field(default_factory=dict)
-    root: Path | None = None
-    replicas: list["Experiment"] = field(default_factory=list)
-
-    def path(self, *parts: str) -> Path:
-        return self.dir.joinpath(*parts)
-
-    def shared(self, *parts: str) -> Path:
-        return (self.root or self.dir).joinpath(*parts)
-
-    def replica(self, k: int) -> "Experiment":
-        """The k-th seed replicate (k = 0 is this run itself). Its results read through to the run's (the shared
-        stages'), whenever they finish; what the replicate's own stages write stays its own."""
-        while len(self.replicas) <= k:
-            i = len(self.replicas)
-            self.replicas.append(self if i == 0 else Experiment(
-                replace(self.cfg, seed=self.cfg.seed + i), self.dir / f"seed{i}", self.estimates,
-                results=ChainMap({}, self.results), root=self.dir))
-        return self.replicas[k]
-
-    def train_cfg(self, **kw: Any) -> TrainConfig:
-        # resume=True: a stage killed mid-way continues from its last checkpoint when the experiment is rerun
-        base = dict(seed=self.cfg.seed, threads=self.cfg.threads, progress=False, log_every=10, resume=True)
-        return TrainConfig(**{**base, **kw})
-
-
-def run_stage(exp: Experiment, name: str, fn: Callable[[Experiment], dict], index: int, total: int,
-              remaining: float = 0.0) -> dict:
-    """Run `fn` once: a finished stage (its json exists) is loaded, not re-run. One line of progress each;
-    `remaining` is the estimated seconds of every unfinished stage, for the ETA."""
-    done_file = exp.path("stages", f"{name}.json")
-    label = name if exp.root is None else f"{name} (seed {exp.cfg.seed})"
-    if done_file.exists():
-        result = json.loads(done_file.read_text())
-        say(f"[{index}/{total}] {label}: done earlier ({result['seconds']:.0f} s), skipped")
-        return result
-    say(f"[{index}/{total}] {label}: running (est. {exp.estimates.get(name, 0):.0f} s; "
-        f"~{remaining / 60:.1f} min left in the experiment)")
-    t0 = time.time()
-    result = {"name": name, **fn(exp), "seconds": time.time() - t0, "status": "done"}
-    done_file.parent.mkdir(parents=True, exist_ok=True)
-    done_file.write_text(json.dumps(result, indent=2))
-    if not exp.cfg.keep_checkpoints:
-        drop_checkpoints(result)
-    say(f"[{index}/{total}] {label}: finished in {result['seconds']:.0f} s")
-    return result
-
-
-def drop_checkpoints(result: dict) -> None:
-    """Delete the training checkpoints of a finished stage's run (the directory holding its `model`)."""
-    model = result.get("model")
-    if isinstance(model, str) and Path(model).is_dir():
-        shutil.rmtree(Path(model).parent / "checkpoints", ignore_errors=True)
-
-
-def stage_corpus(exp: Experiment) -> dict:
+def stage_corpus(exp: Exp) -> dict:
     from rlhfkit.corpus import build_corpus
 
     return {"counts": build_corpus(exp.path("corpus"), seed=exp.cfg.seed)}
 
 
-def stage_pretrain(exp: Experiment) -> dict:
+def stage_pretrain(exp: Exp) -> dict:
     from rlhfkit.sft import PretrainConfig, run_pretrain
 
     cfg = exp.cfg
@@ -217,7 +150,7 @@ def stage_pretrain(exp: Experiment) -> dict:
     return summary
 
 
-def stage_sft(exp: Experiment) -> dict:
+def stage_sft(exp: Exp) -> dict:
     from rlhfkit.config import LoRAConfig
     from rlhfkit.sft import SFTConfig, run_sft
 
@@ -232,7 +165,7 @@ def stage_sft(exp: Experiment) -> dict:
         out=str(exp.path("sft"))))
 
 
-def stage_prompts(exp: Experiment) -> dict:
+def stage_prompts(exp: Exp) -> dict:
     """Training prompts: prefixes of training reviews (the SFT prompts); eval prompts: held-out prefixes."""
     from rlhfkit.data import read_records, write_jsonl
 
@@ -247,23 +180,23 @@ def stage_prompts(exp: Experiment) -> dict:
     return {"train": len(train), "eval": len(held)}
 
 
-def _prompts(exp: Experiment, split: str) -> list[str]:
+def _prompts(exp: Exp, split: str) -> list[str]:
     from rlhfkit.data import read_records
 
     return [r["prompt"] for r in read_records(exp.shared(f"prompts_{split}.jsonl"), "prompts")]
 
 
-def _load_sft(exp: Experiment) -> tuple[Any, Any]:
+def _load_sft(exp: Exp) -> tuple[Any, Any]:
     from rlhfkit.models import load_causal_lm
 
     return load_causal_lm(ModelConfig(name=exp.results["sft"]["model"]))
 
 
-def _min_new(exp: Experiment) -> int:
+def _min_new(exp: Exp) -> int:
     return exp.cfg.max_new_tokens if exp.cfg.fixed_length else 0
 
 
-def stage_sample(exp: Experiment) -> dict:
+def stage_sample(exp: Exp) -> dict:
     from rlhfkit.data import encode_prompt, write_jsonl
     from rlhfkit.generation import decode_responses, sample
 
@@ -280,7 +213,7 @@ def stage_sample(exp: Experiment) -> dict:
             "mean_length": float(rollout.lengths.float().mean())}
 
 
-def stage_label(exp: Experiment) -> dict:
+def stage_label(exp: Exp) -> dict:
     from rlhfkit.data import read_records, write_jsonl
     from rlhfkit.labeling.auto import label_candidates
     from rlhfkit.labeling.gold import vader_score
@@ -290,7 +223,7 @@ def stage_label(exp: Experiment) -> dict:
     return {"pairs": write_jsonl(exp.path("preferences.jsonl"), records), "counts": dict(counts)}
 
 
-def stage_reward_model(exp: Experiment) -> dict:
+def stage_reward_model(exp: Exp) -> dict:
     from rlhfkit.reward import RMConfig, run_rm_train
 
     cfg = exp.cfg
@@ -313,10 +246,10 @@ class Method:
     method: str
     label: str
     beta: float | None
-    train: Callable[[Experiment, "Method"], dict]
+    train: Callable[[Exp, "Method"], dict]
 
 
-def train_offline(exp: Experiment, m: Method, loss: str) -> dict:
+def train_offline(exp: Exp, m: Method, loss: str) -> dict:
     """DPO or one of its baselines on the labelled pairs (rlhfkit.dpo)."""
     from rlhfkit.config import LoRAConfig
     from rlhfkit.dpo import DPOConfig, run_dpo
@@ -332,7 +265,7 @@ def train_offline(exp: Experiment, m: Method, loss: str) -> dict:
         optim=OptimConfig(lr=cfg.dpo_lr, warmup_steps=5), out=str(exp.path("runs", m.name))))
 
 
-def train_ppo(exp: Experiment, m: Method, reward: str) -> dict:
+def train_ppo(exp: Exp, m: Method, reward: str) -> dict:
     """PPO with a KL penalty (adaptive beta) against `reward` (rlhfkit.ppo)."""
     from rlhfkit.config import LoRAConfig
     from rlhfkit.ppo import KLConfig, PPOConfig, run_ppo
@@ -364,30 +297,13 @@ def methods_for(cfg: SentimentConfig) -> list[Method]:
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
-def _sampling(exp: Experiment) -> Any:
-    from rlhfkit.evaluate import SamplingConfig
+def _sampling(exp: Exp) -> Any:
+    from rlhfkit.sampling import SamplingConfig
 
     return SamplingConfig(max_new_tokens=exp.cfg.max_new_tokens, min_new_tokens=_min_new(exp))
 
 
-def _policies(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, model dir) of every snapshot of a run, plus its final model when no snapshot has its step."""
-    from rlhfkit.loop import snapshot_dirs
-
-    found = [(int(d.name.split("-")[1]), d) for d in snapshot_dirs(run_dir)]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    if not found or found[-1][0] != summary.get("step"):
-        found.append((int(summary.get("step", len(found))), run_dir / "model"))
-    return found
-
-
-def _checkpoint(step: int, ev: Any) -> dict:
-    """A checkpoint's summary plus its per-prompt values (the findings' paired bootstrap resamples prompts)."""
-    return {"step": step, **ev.summary(), "rewards": list(ev.prompt_rewards), "kls": list(ev.prompt_kls),
-            "lengths": list(ev.prompt_lengths)}
-
-
-def evaluate_run(exp: Experiment, run_dir: Path, reference: Any, tok: Any, prompts: list[str]) -> dict:
+def evaluate_run(exp: Exp, run_dir: Path, reference: Any, tok: Any, prompts: list[str]) -> dict:
     """Reward and KL at every saved policy of a run (cached in <run>/eval.json), and the final completions."""
     from rlhfkit.evaluate import evaluate_policy
     from rlhfkit.labeling.gold import vader_score
@@ -397,17 +313,17 @@ def evaluate_run(exp: Experiment, run_dir: Path, reference: Any, tok: Any, promp
     if cache.exists():
         return json.loads(cache.read_text())
     checkpoints, completions = [], []
-    for step, path in _policies(run_dir):
+    for step, path in policies(run_dir):
         policy, _ = load_causal_lm(ModelConfig(name=str(path)), tokenizer=tok)
         ev = evaluate_policy(policy, reference, tok, prompts, vader_score, _sampling(exp), seed=exp.cfg.seed + 1)
-        checkpoints.append(_checkpoint(step, ev))
+        checkpoints.append(checkpoint_entry(step, ev))
         completions = ev.completions
     result = {"checkpoints": checkpoints, "completions": completions}
     cache.write_text(json.dumps(result))
     return result
 
 
-def evaluate_best_of_n(exp: Experiment, policy: Any, tok: Any, prompts: list[str]) -> dict:
+def evaluate_best_of_n(exp: Exp, policy: Any, tok: Any, prompts: list[str]) -> dict:
     """Best-of-N under the learned reward model, judged by the gold reward; KL is the analytic bound."""
     from rlhfkit.bestofn import best_of_n
     from rlhfkit.evaluate import best_of_n_kl
@@ -417,8 +333,8 @@ def evaluate_best_of_n(exp: Experiment, policy: Any, tok: Any, prompts: list[str
     scorer = make_scorer(f"rm:{exp.results['reward_model']['model']}")
     checkpoints, completions = [], []
     for n in exp.cfg.best_of:
-        picks = best_of_n(policy, tok, prompts, scorer, n, exp.cfg.max_new_tokens, min_new_tokens=_min_new(exp),
-                          seed=exp.cfg.seed + 1)
+        picks = best_of_n(policy, tok, prompts, scorer, n, max_new_tokens=exp.cfg.max_new_tokens,
+                          min_new_tokens=_min_new(exp), seed=exp.cfg.seed + 1)
         completions = [p.response for p in picks]
         rewards = [float(r) for r in vader_score(prompts, completions)]
         gold = mean_ci(rewards)
@@ -429,7 +345,7 @@ def evaluate_best_of_n(exp: Experiment, policy: Any, tok: Any, prompts: list[str
     return {"checkpoints": checkpoints, "completions": completions}
 
 
-def stage_evaluate(exp: Experiment) -> dict:
+def stage_evaluate(exp: Exp) -> dict:
     """Every method of every seed replicate, every snapshot, the same held-out prompts; win rate vs SFT of each
     final policy."""
     from rlhfkit.evaluate import evaluate_policy
@@ -440,7 +356,7 @@ def stage_evaluate(exp: Experiment) -> dict:
     reference, tok = _load_sft(exp)
     sft = evaluate_policy(reference, reference, tok, prompts, vader_score, _sampling(exp), seed=exp.cfg.seed + 1)
     entries = [{"method": "sft", "label": "SFT (reference)", "seed": 0, "beta": None,
-                "checkpoints": [_checkpoint(0, sft)], "win_rate_vs_sft": None, "completions": sft.completions}]
+                "checkpoints": [checkpoint_entry(0, sft)], "win_rate_vs_sft": None, "completions": sft.completions}]
     bon_label = f"Best-of-N (N={','.join(str(n) for n in exp.cfg.best_of)}; learned RM)"
     bon = Method("best-of-n", "best_of_n", bon_label, None, lambda e, m: {})
     for k in range(exp.cfg.seeds):
@@ -453,7 +369,7 @@ def stage_evaluate(exp: Experiment) -> dict:
             wr = win_rate(vader_score(prompts, ev["completions"]), sft.scores).to_dict()
             entries.append({"method": m.method, "label": m.label + suffix, "seed": k, "beta": m.beta,
                             "checkpoints": ev["checkpoints"], "win_rate_vs_sft": wr, "completions": ev["completions"]})
-    exp.path("evaluation.json").write_text(json.dumps({"prompts": prompts, "methods": entries}))
+    exp.path(EVALUATION).write_text(json.dumps({"prompts": prompts, "methods": entries}))
     return {"methods": len(entries), "prompts": len(prompts)}
 
 
@@ -468,38 +384,30 @@ def _beta_fit(methods: list[dict]) -> Any:
     return fit_beta_kl(betas, kls)
 
 
-def stage_report(exp: Experiment) -> dict:
-    from rlhfkit import report
+def report_entries(exp: Exp, methods: list[dict]) -> dict:
+    """The report's entries only this experiment has: the beta-vs-KL fit, the reward model's held-out accuracy,
+    the data counts, and the DPO paper's claims as findings."""
     from rlhfkit.findings import sentiment_findings
 
-    ev = json.loads(exp.path("evaluation.json").read_text())
-    methods = [{k: v for k, v in m.items() if k != "completions"} for m in ev["methods"]]
-    samples = [{"prompt": p, "completions": {m["label"]: m["completions"][i] for m in ev["methods"]}}
-               for i, p in enumerate(ev["prompts"][:8])]
     fit = _beta_fit(methods)
     held = exp.results["reward_model"].get("held_out", {})
-    stages = [{"name": k, "seconds": v.get("seconds", 0.0), "status": v.get("status", "done")}
-              for k, v in exp.results.items()]
-    results = {
-        "title": f"Controlled sentiment generation (preset {exp.cfg.preset})", "preset": exp.cfg.preset,
-        "budget": exp.cfg.kl_budget, "commands": [
-            f"rlhfkit experiment sentiment --preset {exp.cfg.preset}"
-            + (f" --seeds {exp.cfg.seeds}" if exp.cfg.seeds > 1 else "")],
-        "stages": stages, "methods": methods, "samples": samples, "beta_fit": fit,
+    return {
+        "beta_fit": fit,
         "reward_model": {"accuracy": held.get("accuracy"), "n": held.get("n"),
                          "calibration": held.get("calibration", [])},
         "findings": sentiment_findings(methods, fit, seed=exp.cfg.seed),
         "data": {"label": exp.results["label"].get("counts"), "corpus": exp.results["corpus"].get("counts")},
     }
-    paths = report.write_report(exp.dir, results)
-    return {"paths": paths, "findings": results["findings"]}
 
 
 # ------------------------------------------------------------------------------------------------------ run
-FIXED_STAGES: list[tuple[str, Callable[[Experiment], dict]]] = [
+SHARED_STAGES: list[NamedStage] = [
     ("corpus", stage_corpus), ("pretrain", stage_pretrain), ("sft", stage_sft), ("prompts", stage_prompts),
+]
+REPLICATED_STAGES: list[NamedStage] = [
     ("sample", stage_sample), ("label", stage_label), ("reward_model", stage_reward_model),
 ]
+"""Repeated per seed replicate, followed by every method's training run."""
 ESTIMATES = {  # seconds per stage on 2 CPU cores, used only for the ETA line
     "tiny": {"corpus": 3, "pretrain": 280, "sft": 55, "prompts": 1, "sample": 10, "label": 1, "reward_model": 30,
              "method": 40, "evaluate": 150, "report": 2},
@@ -510,62 +418,28 @@ ESTIMATES = {  # seconds per stage on 2 CPU cores, used only for the ETA line
 }
 
 
-REPLICATED = ("sample", "label", "reward_model")
-"""Fixed stages repeated per seed replicate (with every method's training run)."""
+def replicated_stages(cfg: SentimentConfig) -> list[NamedStage]:
+    """One seed replicate's stages: sampling, labelling, the reward model, then every method."""
+    return REPLICATED_STAGES + [(m.name, (lambda e, m=m: m.train(e, m))) for m in methods_for(cfg)]
 
 
-def stages_for(cfg: SentimentConfig) -> list[tuple[int, str, Callable[[Experiment], dict]]]:
+RECIPE: Recipe[SentimentConfig] = Recipe(
+    name="sentiment", title="Controlled sentiment generation", config=SentimentConfig, presets=PRESETS,
+    shared=SHARED_STAGES, replicated=replicated_stages, final=[("evaluate", stage_evaluate)],
+    estimates=ESTIMATES, report=report_entries)
+
+
+def stages_for(cfg: SentimentConfig) -> list[Stage]:
     """(replicate, name, function) of every stage in run order: the shared stages, then each replicate's
     post-SFT stages (sampling, labelling, reward model, every method), then evaluation and the report."""
-    method_stages = [(m.name, (lambda e, m=m: m.train(e, m))) for m in methods_for(cfg)]
-    shared = [(0, name, fn) for name, fn in FIXED_STAGES if name not in REPLICATED]
-    per_seed = [(name, fn) for name, fn in FIXED_STAGES if name in REPLICATED] + method_stages
-    replicated = [(k, name, fn) for k in range(cfg.seeds) for name, fn in per_seed]
-    return shared + replicated + [(0, "evaluate", stage_evaluate), (0, "report", stage_report)]
+    return runner.plan(RECIPE, cfg)
 
 
 def run_experiment(cfg: SentimentConfig) -> dict:
     """Run (or resume) every stage; returns the report stage's result."""
-    from rlhfkit import config as config_lib
-    from rlhfkit.errors import RlhfkitError
-
-    if cfg.seeds < 1:
-        raise RlhfkitError(f"--seeds must be >= 1, got {cfg.seeds}")
-    out = Path(cfg.out or f"runs/sentiment-{cfg.preset}")
-    out.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, out / "config.yaml")
-    est = ESTIMATES[cfg.preset]
-    stages = stages_for(cfg)
-    exp = Experiment(cfg, out, {name: est.get(name, est["method"]) for _, name, _ in stages})
-
-    def remaining() -> float:
-        return sum(exp.estimates[name] for k, name, _ in stages
-                   if not exp.replica(k).path("stages", f"{name}.json").exists())
-
-    for i, (k, name, fn) in enumerate(stages, start=1):
-        replica = exp.replica(k)  # replicate 0 is the run itself
-        result = run_stage(replica, name, fn, i, len(stages), remaining())
-        replica.results[name] = result
-        if k:
-            exp.results[f"{name} (seed {replica.cfg.seed})"] = result
-    total = sum(r.get("seconds", 0.0) for r in exp.results.values())
-    return {**exp.results["report"], "total_seconds": total, "dir": str(out)}
+    return runner.run(RECIPE, cfg)
 
 
 def main(argv: list[str]) -> int:
-    from rlhfkit import config as config_lib
-
-    preset = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else "tiny"
-    if preset not in PRESETS:
-        from rlhfkit.errors import RlhfkitError
-
-        raise RlhfkitError(f"unknown preset '{preset}': choose one of {', '.join(PRESETS)}")
-    cfg = config_lib.parse(SentimentConfig, argv, prog="rlhfkit experiment sentiment", default=PRESETS[preset])
-    result = run_experiment(cfg)
-    say(f"sentiment experiment finished in {result['total_seconds'] / 60:.1f} min of stage time")
-    from rlhfkit.findings import verdict
-
-    for f in result["findings"]:
-        say(f"  {verdict(f['reproduced'])}: {f['claim']} ({f['evidence']})")
-    say(f"report: {result['paths']['html']}")
-    return 0
+    """`rlhfkit experiment sentiment`."""
+    return runner.main(RECIPE, argv)

@@ -1,4 +1,4 @@
-"""Collected labels -> `rankings` or `preferences` records (DESIGN.md formats) with provenance.
+"""Collected labels -> `rankings` or `preferences` records (docs/formats.md) with provenance.
 
 Records are sorted by (item id, labeler name, response pair) and carry no export time, so exporting the same
 database twice gives byte-identical files. Skips are not exported.

@@ -1,0 +1,220 @@
+"""Records: validate each file format's records, read them (JSON Lines, parquet or a `datasets` name), write
+them, and tell which kind of records a file holds.
+
+Records are plain dicts (the JSON itself) once validated: they round-trip through `write_jsonl` unchanged. The
+formats are described in docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.errors import DataError, RlhfkitError
+
+KINDS = ("corpus", "sft", "prompts", "candidates", "preferences", "rankings")
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _text(rec: dict, field: str, where: tuple[str, int | None], allow_empty: bool = False) -> str:
+    if field not in rec:
+        raise DataError(*where, "missing (expected a string)", field)
+    value = rec[field]
+    if not isinstance(value, str):
+        raise DataError(*where, f"expected a string, got {type(value).__name__}", field)
+    if not allow_empty and not value.strip():
+        raise DataError(*where, "is empty", field)
+    return value
+
+
+def _text_list(rec: dict, field: str, where: tuple[str, int | None], min_len: int,
+               allow_empty: bool = False) -> list[str]:
+    value = rec.get(field)
+    if not isinstance(value, list) or len(value) < min_len:
+        raise DataError(*where, f"expected a list of at least {min_len} strings", field)
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not (allow_empty or item.strip()):
+            raise DataError(*where, f"item {i} must be a {'' if allow_empty else 'non-empty '}string", field)
+    return value
+
+
+def _int_list(rec: dict, field: str, where: tuple[str, int | None]) -> list[int]:
+    value = rec.get(field)
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise DataError(*where, "expected a list of integers", field)
+    return value
+
+
+def _validate_messages(rec: dict, where: tuple[str, int | None]) -> None:
+    messages = rec.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise DataError(*where, "expected a non-empty list of {role, content}", "messages")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "system"):
+            raise DataError(*where, f"item {i}: role must be user, assistant or system", "messages")
+        _text(msg, "content", where)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(*where, "has no assistant turn: nothing to train on", "messages")
+
+
+def validate(rec: Any, kind: str, where: tuple[str, int | None]) -> dict:
+    """Check one record of `kind`; returns it unchanged or raises DataError naming file:line and field."""
+    if not isinstance(rec, dict):
+        raise DataError(*where, f"expected a JSON object, got {type(rec).__name__}")
+    if kind == "corpus":
+        _text(rec, "text", where)
+    elif kind == "sft":
+        if "messages" in rec:
+            _validate_messages(rec, where)
+        else:
+            _text(rec, "prompt", where, allow_empty=True)
+            _text(rec, "response", where)
+    elif kind == "prompts":
+        _text(rec, "prompt", where)
+    elif kind == "candidates":
+        _text(rec, "prompt", where)
+        _text_list(rec, "responses", where, min_len=1, allow_empty=True)  # a policy may answer with EOS at once
+    elif kind == "preferences":
+        _text(rec, "prompt", where, allow_empty=True)
+        if _text(rec, "chosen", where) == _text(rec, "rejected", where):
+            raise DataError(*where, "chosen and rejected are identical: the pair carries no preference", "rejected")
+    elif kind == "rankings":
+        _validate_ranking(rec, where)
+    else:
+        raise ValueError(f"unknown record kind {kind!r}; expected one of {KINDS}")
+    return rec
+
+
+def _validate_ranking(rec: dict, where: tuple[str, int | None]) -> None:
+    _text(rec, "prompt", where, allow_empty=True)
+    responses = _text_list(rec, "responses", where, min_len=2)
+    ranking = _int_list(rec, "ranking", where)
+    if sorted(ranking) != list(range(len(responses))):
+        raise DataError(*where, f"must be a permutation of 0..{len(responses) - 1}, got {ranking}", "ranking")
+    if "likert" in rec and rec["likert"] is not None:
+        likert = _int_list(rec, "likert", where)
+        if len(likert) != len(responses) or not all(1 <= s <= 7 for s in likert):
+            raise DataError(*where, "needs one score in 1..7 per response", "likert")
+
+
+# ------------------------------------------------------------------------------------------------- reading
+def _iter_jsonl(path: Path) -> Iterator[tuple[Any, tuple[str, int]]]:
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line), (str(path), lineno)
+            except json.JSONDecodeError as err:
+                raise DataError(str(path), lineno, f"not valid JSON ({err.msg} at column {err.colno})") from None
+
+
+def _iter_table(source: str) -> Iterator[tuple[Any, tuple[str, int]]]:
+    """Rows of a parquet file or a `datasets` name (optionally `name:split`), numbered from 1."""
+    import datasets  # heavy: imported only for these sources
+
+    if source.endswith(".parquet"):
+        table = datasets.Dataset.from_parquet(source)
+    else:
+        name, _, split = source.partition(":")
+        try:
+            table = datasets.load_dataset(name, split=split or "train")
+        except Exception as err:  # datasets raises many types; the user needs the message, not the type
+            raise DataError(source, None, f"could not load as a datasets name: {err}") from None
+    for i, row in enumerate(table, start=1):
+        yield row, (source, i)
+
+
+def iter_records(source: str | os.PathLike, kind: str) -> Iterator[dict]:
+    """Yield validated records of `kind` from a JSONL path, a parquet path or a `datasets` name."""
+    source = str(source)
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json") or path.exists():
+        if not path.exists():
+            raise DataError(source, None, "file not found")
+        rows = _iter_table(source) if path.suffix == ".parquet" else _iter_jsonl(path)
+    elif source.endswith(".parquet"):
+        raise DataError(source, None, "file not found")
+    else:
+        rows = _iter_table(source)
+    for rec, where in rows:
+        yield validate(rec, kind, where)
+
+
+def read_records(source: str | os.PathLike, kind: str) -> list[dict]:
+    """All validated records of `kind`; an empty source is an error (nothing to train on)."""
+    records = list(iter_records(source, kind))
+    if not records:
+        raise DataError(str(source), None, f"no {kind} records found")
+    return records
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Write records as JSON Lines atomically (temp file + rename); returns the number written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def ranking_to_pairs(rec: dict) -> list[dict]:
+    """Expand a ranking of K responses into its C(K, 2) preference records (best-first order)."""
+    ordered = [rec["responses"][i] for i in rec["ranking"]]
+    label = dict(rec.get("label") or {}, from_ranking=True)
+    return [
+        {"prompt": rec["prompt"], "chosen": ordered[i], "rejected": ordered[j], "label": label}
+        for i in range(len(ordered))
+        for j in range(i + 1, len(ordered))
+        if ordered[i] != ordered[j]
+    ]
+
+
+# -------------------------------------------------------------------------------------------- file kinds
+def detect_kind(source: str | os.PathLike | None, allowed: Sequence[str], fmt: str = "auto",
+                unreadable: str | None = None) -> str:
+    """The record kind of `source`: `fmt` unless it is "auto", else read from the first JSONL record ("ranking":
+    rankings, "chosen": preferences, "responses": candidates).
+
+    A source that cannot be sniffed (none given, missing, not a file, parquet, a `datasets` name) gives
+    `unreadable`; with unreadable=None it raises RlhfkitError asking for --format. A first record of no kind in
+    `allowed` also gives `unreadable` (the reader then names its missing field with file:line); with
+    unreadable=None it raises DataError naming file:line. A malformed or missing first record gives allowed[0]:
+    the reader reports it with file:line.
+    """
+    if fmt != "auto":
+        return fmt
+    path = Path(source) if source else None
+    if path is None or not path.is_file() or path.suffix == ".parquet":
+        if unreadable is not None:
+            return unreadable
+        raise RlhfkitError(f"cannot tell the record kind of '{source}': pass --format {'|'.join(allowed)}")
+    lineno, line = 0, ""
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                break
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return allowed[0]  # the reader reports the malformed line with file:line
+    kind = ("rankings" if "ranking" in rec else "preferences" if "chosen" in rec else
+            "candidates" if "responses" in rec else None) if isinstance(rec, dict) else None
+    if kind not in allowed:
+        if unreadable is not None:
+            return unreadable
+        raise DataError(str(source), lineno, f"expected {' or '.join(allowed)} records (see docs/formats.md)")
+    return kind

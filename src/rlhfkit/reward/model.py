@@ -1,0 +1,149 @@
+"""The reward model: a one-label sequence-classification model whose reward is read at the last real token.
+
+Loading (a fresh head on a trunk, or a model saved by `rm train`), saving (with the reward normalisation and the
+tokenisation lengths in its config), and the forward passes that read rewards from right-/left-padded rows
+(`reward_at_last_token`) or from shared-prefix rows (`packed_rewards`, `rlhfkit.data.packing`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.config import ModelConfig
+from rlhfkit.data import TokenBatch
+from rlhfkit.data.packing import PrefixBatch, supports_shared_prefix
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.logprobs import packed_hidden_states
+from rlhfkit.ops import positions
+
+# ModelConfig.dtype -> torch dtype (rlhfkit.models keeps its own mapping private)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ------------------------------------------------------------------------------------------- reading rewards
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Column of each row's last real token, for left or right padding. (B, T) -> (B,) long."""
+    cols = torch.arange(attention_mask.shape[-1], device=attention_mask.device)  # (T,)
+    return (cols * attention_mask.long()).argmax(-1)  # (B,) the rightmost column where the mask is 1
+
+
+def right_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's real tokens to the front (order kept), padding to the end. (B, T) -> (B, T), (B, T)."""
+    order = torch.argsort(1 - attention_mask.long(), dim=-1, stable=True)  # (B, T) real tokens first
+    return input_ids.gather(-1, order), attention_mask.gather(-1, order)
+
+
+def reward_at_last_token(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar reward per sequence, read at the last real token (the EOS). (B, T), (B, T) -> (B,) float32.
+
+    Decoder trunks (`score` head): trunk hidden states (B, T, H), gathered at the last attended column, then the
+    head — never at "the last token that is not pad", which is wrong when pad == eos. Position ids ignore left
+    padding. Encoders (no `score` head) use their own pooled classification output on right-aligned input.
+    """
+    head = getattr(model, "score", None)
+    if head is None:
+        input_ids, attention_mask = right_align(input_ids, attention_mask)
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()  # (B,)
+    trunk = getattr(model, model.base_model_prefix)
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
+                   use_cache=False).last_hidden_state  # (B, T, H); no KV cache: nothing is generated
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last_hidden = hidden[rows, last_token_index(attention_mask)]  # (B, H)
+    return head(last_hidden)[:, 0].float()  # (B,)
+
+
+def packed_rewards(model: Any, batch: PrefixBatch) -> torch.Tensor:
+    """Rewards of a shared-prefix batch (rlhfkit.data.packing): the trunk runs once per prompt, the head at each
+    response's last token. -> (G, B) float32 (entries of absent sides are meaningless; see batch.lengths)."""
+    trunk = getattr(model, model.base_model_prefix)
+    hidden = packed_hidden_states(trunk, batch)  # (B, T, H)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[None, :].expand_as(batch.last_cols)  # (G, B)
+    return model.score(hidden[rows, batch.last_cols])[..., 0].float()  # (G, B)
+
+
+def supports_packing(model: Any) -> bool:
+    """Shared-prefix packing needs a causal trunk with a `score` head and 4D-mask attention (not encoders)."""
+    return getattr(model, "score", None) is not None and supports_shared_prefix(model)
+
+
+class RewardModel(torch.nn.Module):
+    """A sequence-classification model whose forward returns the rewards of a batch: (N,) for a TokenBatch,
+    (G, B) for a PrefixBatch.
+
+    The training loop prepares (e.g. DDP-wraps) this module, so the reward is computed inside its forward and
+    gradients synchronise across processes.
+    """
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: TokenBatch | PrefixBatch) -> torch.Tensor:
+        if isinstance(batch, PrefixBatch):
+            return packed_rewards(self.model, batch)
+        return reward_at_last_token(self.model, batch.input_ids, batch.attention_mask)
+
+
+# ------------------------------------------------------------------------------------------ loading, saving
+def reward_tokenizer(tokenizer: Any) -> Any:
+    """Make a tokenizer usable for rewards: encoders without EOS/BOS use [SEP]/[CLS]; a pad token always."""
+    if tokenizer.eos_token_id is None and getattr(tokenizer, "sep_token", None):
+        tokenizer.eos_token = tokenizer.sep_token
+    if tokenizer.bos_token_id is None and getattr(tokenizer, "cls_token", None):
+        tokenizer.bos_token = tokenizer.cls_token
+    if tokenizer.eos_token_id is None:
+        raise RlhfkitError("the reward model's tokenizer has no EOS (or [SEP]) token to read the reward at")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # masks come from lengths, so pad == eos is safe
+    return tokenizer
+
+
+def load_reward_model(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
+    """(AutoModelForSequenceClassification with one label, tokenizer) for a ModelConfig; the head is new."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhfkit.models import build_tiny, load_tokenizer, smollm2_dir
+
+    torch.manual_seed(seed)  # the freshly initialised head is seeded too
+    if cfg.name == "tiny":
+        tokenizer = reward_tokenizer(load_tokenizer(cfg.tokenizer or "gpt2"))
+        lm_config = build_tiny(tokenizer, cfg.tiny, seed).config
+        lm_config.num_labels = 1
+        model = AutoModelForSequenceClassification.from_config(lm_config)
+    else:
+        name = str(smollm2_dir()) if cfg.name == "smollm2" else cfg.name
+        kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, **kwargs)
+        except (OSError, ValueError) as err:
+            raise RlhfkitError(f"could not load a reward-model trunk from '{name}': {err}") from None
+        tokenizer = reward_tokenizer(load_tokenizer(cfg.tokenizer or name))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(DTYPES[cfg.dtype]), tokenizer
+
+
+def save_reward_model(model: Any, tokenizer: Any, out_dir: str | Path, norm: dict, encoding: dict) -> Path:
+    """save_pretrained with the reward normalisation and the tokenisation lengths in the model's config."""
+    from rlhfkit.models import save_model
+
+    model.config.rlhfkit_reward_norm = dict(norm)
+    model.config.rlhfkit_encoding = dict(encoding)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return save_model(model, tokenizer, out_dir)
+
+
+def load_saved_reward_model(path: str | Path) -> tuple[Any, Any]:
+    """A reward model saved by `rm train` (or any 1-label sequence-classification dir), in eval mode."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except OSError as err:
+        raise RlhfkitError(f"could not load a reward model from '{path}': {err}") from None
+    if model.config.num_labels != 1:
+        raise RlhfkitError(f"'{path}' has {model.config.num_labels} labels; a reward model has one")
+    return model.eval(), reward_tokenizer(tokenizer)
