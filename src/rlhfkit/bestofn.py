@@ -19,7 +19,7 @@ from rlhfkit.sampling import SamplingConfig, check_sampling
 from rlhfkit.tracking import say
 
 if TYPE_CHECKING:
-    from rlhfkit.labeling.gold import Scorer
+    from rlhfkit.protocols import Scorer
 
 
 @dataclass

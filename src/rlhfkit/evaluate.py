@@ -33,7 +33,7 @@ from rlhfkit.logprobs import sequence_logprob_sums
 from rlhfkit.sampling import SamplingConfig, check_sampling
 
 if TYPE_CHECKING:
-    from rlhfkit.labeling.gold import Scorer
+    from rlhfkit.protocols import Scorer
 # Rows per teacher-forced reference forward: 64 measured fastest on 2 CPU cores (of 32 to 400 rows), and it bounds
 # the (rows, A + 1, V) fp32 logits whatever the generation batch size.
 SCORING_BATCH = 64

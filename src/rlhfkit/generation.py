@@ -11,7 +11,7 @@ rollout under a model (KL, PPO) is `rlhfkit.logprobs`' job, which applies the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -21,34 +21,10 @@ from rlhfkit.logprobs import eval_mode
 # importable from here, where callers of the sampler look for them.
 from rlhfkit.logprobs import response_logprobs, response_token_logprobs, sequence_logprob_sums  # noqa: F401
 from rlhfkit.ops import positions
-from rlhfkit.sampling import SamplingConfig, check_sampling, constrain_logits  # noqa: F401
+from rlhfkit.sampling import Rollout, SamplingConfig, check_sampling, constrain_logits  # noqa: F401
 
 # sample()'s defaults: 32 new tokens, 64 sequences per forward pass
 SAMPLE_DEFAULTS = SamplingConfig(max_new_tokens=32, batch_size=64)
-
-
-@dataclass
-class Rollout:
-    """Shapes: N = prompts * samples_per_prompt, P prompt columns, A response columns."""
-
-    prompt_ids: torch.Tensor  # (N, P) left-padded
-    prompt_mask: torch.Tensor  # (N, P) 1 on real prompt tokens
-    response_ids: torch.Tensor  # (N, A) right-padded with pad
-    response_mask: torch.Tensor  # (N, A) 1 on generated tokens up to and including EOS
-    logprobs: torch.Tensor  # (N, A) sampled tokens' log-probs under constrain_logits (renormalised); 0 on padding
-    ended: torch.Tensor  # (N,) bool: the response emitted EOS within the budget
-
-    @property
-    def input_ids(self) -> torch.Tensor:
-        return torch.cat([self.prompt_ids, self.response_ids], dim=1)  # (N, P + A)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        return torch.cat([self.prompt_mask, self.response_mask], dim=1)  # (N, P + A)
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.response_mask.sum(-1)  # (N,)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

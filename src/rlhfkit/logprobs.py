@@ -25,17 +25,14 @@ import contextlib
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from rlhfkit import ops
 from rlhfkit.data.collate import TokenBatch
 from rlhfkit.data.packing import PrefixBatch, attention_bias
-from rlhfkit.sampling import constrain_logits
-
-if TYPE_CHECKING:
-    from rlhfkit.generation import Rollout
+from rlhfkit.sampling import Rollout, constrain_logits
 
 
 @contextlib.contextmanager
@@ -72,7 +69,7 @@ def batch_token_logprobs(model: Any, batch: TokenBatch | PrefixBatch) -> tuple[t
     return ops.token_logprobs(logits, ids), batch.loss_mask[:, -keep + 1 :]  # (N, K-1), (N, K-1)
 
 
-def sequence_logprobs(model: Any, batch: TokenBatch | PrefixBatch) -> torch.Tensor:
+def batch_sequence_logprobs(model: Any, batch: TokenBatch | PrefixBatch) -> torch.Tensor:
     """(N,) summed log-probs of the response tokens of a batch (PrefixBatch: G*B, side 0's rows first)."""
     token_logps, mask = batch_token_logprobs(model, batch)
     return ops.masked_sum(token_logps, mask, dim=-1)
@@ -211,7 +208,7 @@ class Reference:
     def sequence_logps(self, batch: TokenBatch | PrefixBatch) -> torch.Tensor:
         """(N,) summed reference log-probs of the response tokens of a batch."""
         with self.model() as ref:
-            return sequence_logprobs(ref, batch)
+            return batch_sequence_logprobs(ref, batch)
 
     def to(self, device: Any) -> Reference:
         if self.frozen is not None:

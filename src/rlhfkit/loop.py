@@ -32,9 +32,9 @@ import torch
 
 from rlhfkit.config import OptimConfig, TrainConfig
 from rlhfkit.errors import TrainingDiverged
+from rlhfkit.protocols import Objective
 from rlhfkit.tracking import Run
 
-Objective = Callable[[Any, Any], "tuple[torch.Tensor, dict[str, float]]"]
 
 
 @dataclass

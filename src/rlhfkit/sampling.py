@@ -11,6 +11,9 @@ truncated probability is 0 and KL(pi || pi_ref) is infinite. So top_p < 1 is ref
 log-prob is needed (`check_sampling(..., needs_logprobs=True)`); it stays available for plain sampling,
 best-of-N and win rates.
 
+`Rollout` is what sampling returns: prompts LEFT-padded to P columns, responses RIGHT-padded to A columns, so
+every response starts at column P of `cat(prompt_ids, response_ids)`; samples of one prompt are consecutive rows.
+
 Imports only torch (and the error type): a bottom-floor module.
 """
 
@@ -22,6 +25,30 @@ from typing import Any
 import torch
 
 from rlhfkit.errors import RlhfkitError
+
+
+@dataclass
+class Rollout:
+    """Shapes: N = prompts * samples_per_prompt, P prompt columns, A response columns."""
+
+    prompt_ids: torch.Tensor  # (N, P) left-padded
+    prompt_mask: torch.Tensor  # (N, P) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (N, A) right-padded with pad
+    response_mask: torch.Tensor  # (N, A) 1 on generated tokens up to and including EOS
+    logprobs: torch.Tensor  # (N, A) sampled tokens' log-probs under constrain_logits (renormalised); 0 on padding
+    ended: torch.Tensor  # (N,) bool: the response emitted EOS within the budget
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)  # (N, P + A)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)  # (N, P + A)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)  # (N,)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,9 @@ import functools
 import importlib
 import importlib.util
 import math
-from typing import Callable
 
 from rlhfkit.errors import MissingPackageError, RlhfkitError
-
-Scorer = Callable[[list[str], list[str]], list[float]]
+from rlhfkit.protocols import Scorer
 
 
 @functools.cache

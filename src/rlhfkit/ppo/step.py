@@ -21,7 +21,7 @@ from rlhfkit.ppo.policy import PolicyWithValue, policy_logprobs, reference_logpr
 from rlhfkit.ppo.update import Experience, minibatches, train_epochs
 
 if TYPE_CHECKING:
-    from rlhfkit.labeling.gold import Scorer
+    from rlhfkit.protocols import Scorer
 
 
 def penalise_missing_eos(scores: torch.Tensor, ended: torch.Tensor, missing_eos_score: float | None

@@ -20,7 +20,7 @@ from rlhfkit.reward.groups import Group, encode_groups
 from rlhfkit.reward.model import load_saved_reward_model, reward_at_last_token
 
 if TYPE_CHECKING:
-    from rlhfkit.labeling.gold import Scorer
+    from rlhfkit.protocols import Scorer
 
 DEFAULT_ENCODING = {"max_length": 512, "max_prompt_length": 256}  # for models saved without rlhfkit_encoding
 
