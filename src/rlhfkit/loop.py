@@ -321,9 +321,8 @@ class FitState:
     scheduler: Any
     train: Sequence
     collate: Callable[[list], Any]
-    cfg: TrainConfig
     optim: OptimConfig
-    loop: StepLoop
+    loop: StepLoop  # its cfg, accelerator and run are the step's
     tokens: int = 0
     window: list[dict[str, float]] = field(default_factory=list)
 
@@ -331,7 +330,7 @@ class FitState:
 def _fit_step(st: FitState, step: int) -> dict[str, float]:
     """One optimizer step: gradient accumulation over this process's micro-batches, clipping, the update."""
     acc = st.loop.accelerator
-    micro = step_indices(st.cfg, len(st.train), step, acc.num_processes, acc.process_index)
+    micro = step_indices(st.loop.cfg, len(st.train), step, acc.num_processes, acc.process_index)
     metrics_sum: dict[str, float] = {}
     for i, idx in enumerate(micro):
         batch = st.collate([st.train[j] for j in idx]).to(acc.device)
@@ -376,7 +375,7 @@ def fit(
     loop = StepLoop(cfg, run, accelerator, steps, model, tokenizer,
                     postfix=lambda m: {"loss": f"{m['loss']:.4f}"})
     start = loop.resume()[0]
-    st = FitState(objective, model, optimizer, scheduler, train, collate, cfg, optim, loop)
+    st = FitState(objective, model, optimizer, scheduler, train, collate, optim, loop)
     result = FitResult(step=start, status="done")
     t0 = time.time()
 
