@@ -55,3 +55,15 @@ def toy_sft(tmp_path_factory):
     path = tmp_path_factory.mktemp("toy") / "sft.jsonl"
     write_jsonl(path, [{"prompt": " ".join(t.split()[:3]), "response": " " + " ".join(t.split()[3:])} for t in texts])
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The sentiment experiment's smoke preset, run once: the same stages and layout as `make demo` at toy size."""
+    from dataclasses import replace
+
+    from rlhfkit.experiments.sentiment import PRESETS, run_experiment
+
+    out = tmp_path_factory.mktemp("sentiment") / "smoke"
+    cfg = replace(PRESETS["smoke"], out=str(out), threads=1, seeds=2)  # two replicates: the pooled path runs
+    return cfg, run_experiment(cfg)

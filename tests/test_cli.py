@@ -33,3 +33,42 @@ def test_eval_reward_kl_and_win_rate(tmp_path, tiny_tokenizer, tiny_model, capsy
     assert cli.main(["eval", "win-rate", "--a", str(model_dir), "--b", str(model_dir), *common]) == 0
     wr = json.loads(capsys.readouterr().out)
     assert wr["ties"] == 3 and wr["rate"] == 0.5  # the same model and seed writes the same completions
+
+
+@pytest.mark.parametrize("group", sorted(cli.groups()))
+def test_a_group_lists_its_subcommands(group, capsys):
+    assert cli.main([group]) == 0 and cli.main([group, "--help"]) == 0
+    out = capsys.readouterr().out
+    subcommands = [name for name in cli.COMMANDS if name.startswith(group + " ")]
+    assert subcommands and all(name in out for name in subcommands)
+    assert cli.main([group, "frob"]) == 2 and f"unknown subcommand 'frob' of '{group}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_command_takes_config_and_shows_flags_both_ways(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*name.split(), "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config FILE" in out
+    assert "{True,False}" not in out  # booleans are --flag / --no-flag, never a value to type
+
+
+def test_interrupt_names_a_flag_that_exists():
+    from rlhfkit.config import TrainConfig, bool_options
+
+    assert "--train.resume" in cli.INTERRUPTED and "resume" in bool_options(TrainConfig)
+
+
+def test_a_missing_model_directory_is_named_not_sent_to_the_hub(tmp_path, capsys, monkeypatch):
+    from rlhfkit.models import looks_like_path
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "the movie"}])
+    write_jsonl(tmp_path / "x.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}] * 4)
+    assert looks_like_path("runs/sentiment-tiny/sft/model") and looks_like_path("./m") and looks_like_path("/abs/m")
+    assert not looks_like_path("HuggingFaceTB/SmolLM2-135M") and not looks_like_path("gpt2")
+    assert cli.main(["sample", "--model", "runs/nowhere/sft/model", "--prompts", "p.jsonl"]) == 1
+    assert "model directory not found: runs/nowhere/sft/model" in capsys.readouterr().err
+    assert cli.main(["rm", "train", "--model.name=./no-such-trunk", "--data.train", "x.jsonl"]) == 1
+    assert "model directory not found: ./no-such-trunk" in capsys.readouterr().err

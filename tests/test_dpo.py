@@ -204,12 +204,12 @@ def test_cached_reference_equals_per_step_and_cache_is_reused_then_invalidated(t
     per_step = Reference(model, frozen=copy.deepcopy(model)).sequence_logps(collate_pairs(pairs, tok.pad_token_id))
     assert torch.allclose(torch.sort(cached.flatten()).values, torch.sort(per_step).values, atol=1e-5)
 
-    assert cli.main(_run_args(model_dir, data, out)) == 0
+    assert cli.main([*_run_args(model_dir, data, out), "--train.resume"]) == 0  # same directory: resume
     assert json.loads((out / "summary.json").read_text())["ref_cache"] == "hit"
     changed = good_bad_records(8, seed=7)
     changed[0]["chosen"] = " so very good"
     write_jsonl(data, changed)
-    assert cli.main(_run_args(model_dir, data, out)) == 0
+    assert cli.main([*_run_args(model_dir, data, out), "--train.resume"]) == 0
     assert json.loads((out / "summary.json").read_text())["ref_cache"] == "miss"
 
 

@@ -9,15 +9,6 @@ from pathlib import Path
 from rlhfkit.experiments.sentiment import PRESETS, methods_for, run_experiment, stages_for
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    from dataclasses import replace
-
-    out = tmp_path_factory.mktemp("sentiment") / "smoke"
-    cfg = replace(PRESETS["smoke"], out=str(out), threads=1, seeds=2)  # two replicates: the pooled path runs
-    return cfg, run_experiment(cfg)
-
-
 def test_smoke_experiment_writes_a_report_with_every_method_on_the_frontier(smoke_run):
     cfg, result = smoke_run
     out = cfg.out
@@ -46,6 +37,9 @@ def test_smoke_experiment_writes_a_report_with_every_method_on_the_frontier(smok
             assert f["reproduced"] == {"a": True, "b": False, None: None}[c["winner"]]
     _check_verdicts_follow_their_numbers(cfg, results)
     assert (Path(out) / "seed1" / "stages" / "ppo.json").exists()
+    for name in ("pretrain", "sft", "reward_model", "dpo-beta0.1", "ppo"):  # training stages: the real status
+        stage = next(s for s in results["stages"] if s["name"] == name)
+        assert stage["status"] == "done" and stage["step"] == stage.get("planned_steps", stage["step"]) > 0, stage
     html = (Path(out) / "report.html").read_text()
     assert "<script" not in html.lower()
 
@@ -117,3 +111,65 @@ def test_every_preset_lists_all_methods():
     for cfg in PRESETS.values():
         kinds = [m.method for m in methods_for(cfg)]
         assert kinds.count("dpo") >= 4 and {"ppo", "ppo_gt", "preferred_ft", "unlikelihood"} <= set(kinds)
+
+
+# ------------------------------------------------------------------------------- stage status: done or time_limit
+def _bare_experiment(tmp_path):
+    from types import SimpleNamespace
+
+    from rlhfkit.experiments.runner import Experiment
+
+    return Experiment(SimpleNamespace(seed=0, keep_checkpoints=True), tmp_path, {"train": 1.0, "count": 1.0})
+
+
+def test_a_stage_stopped_by_its_time_limit_is_recorded_shown_and_kept_as_such(tmp_path, capsys):
+    from rlhfkit.experiments.runner import run_stage, stage_summaries
+
+    exp = _bare_experiment(tmp_path)
+    calls = []
+
+    def train(e):
+        calls.append(1)
+        return {"step": 3, "planned_steps": 10, "status": "time_limit", "model": str(tmp_path / "m")}
+
+    result = run_stage(exp, "train", train, 1, 2)
+    counted = run_stage(exp, "count", lambda e: {"n": 4}, 2, 2)
+    err = capsys.readouterr().err
+    assert "[1/2] train: stopped by its time limit at step 3 of 10 after 0 s" in err
+    assert "[2/2] count: finished in" in err
+    saved = json.loads((tmp_path / "stages" / "train.json").read_text())
+    assert (saved["status"], saved["step"], saved["planned_steps"]) == ("time_limit", 3, 10) == (
+        result["status"], result["step"], result["planned_steps"])
+    assert counted["status"] == "done"
+    # a rerun keeps it (its later stages were built on this model), and says how it ended
+    assert run_stage(exp, "train", train, 1, 2) == saved and calls == [1]
+    assert "[1/2] train: stopped by its time limit at step 3 of 10 earlier" in capsys.readouterr().err
+    rows = stage_summaries({"train": saved, "count": counted})
+    assert rows == [{"name": "train", "seconds": saved["seconds"], "status": "time_limit", "step": 3,
+                     "planned_steps": 10}, {"name": "count", "seconds": counted["seconds"], "status": "done"}]
+
+
+def test_the_report_says_which_stage_stopped_short(tmp_path):
+    from rlhfkit import report
+
+    stages = [{"name": "pretrain", "seconds": 60.0, "status": "time_limit", "step": 300, "planned_steps": 800},
+              {"name": "sft", "seconds": 5.0, "status": "done", "step": 20, "planned_steps": 20}]
+    paths = report.write_report(tmp_path, {"methods": [], "stages": stages})
+    md = Path(paths["markdown"]).read_text()
+    assert "stopped short of their planned steps: pretrain" in md.splitlines()[2]  # the introduction
+    assert "| pretrain | 60.0 | stopped by its time limit at step 300 of 800 |" in md
+    assert "| sft | 5.0 | done |" in md
+    assert json.loads(Path(paths["json"]).read_text())["stages"][0]["status"] == "time_limit"
+
+
+def test_a_killed_training_stage_reruns_in_its_own_directory_without_being_refused(smoke_run, capsys):
+    """The runner resumes a stage whose stage file is missing in the run directory it left; here a finished
+    stage's file is removed, so its directory holds a whole run (and no checkpoint: they are deleted)."""
+    cfg, _ = smoke_run
+    (Path(cfg.out) / "stages" / "dpo-beta0.1.json").unlink()
+    run_experiment(cfg)
+    err = capsys.readouterr().err
+    assert "no checkpoint to resume from; training from step 0" in err
+    assert "dpo-beta0.1: finished in" in err and err.count("skipped") == len(stages_for(cfg)) - 1
+    redone = json.loads((Path(cfg.out) / "stages" / "dpo-beta0.1.json").read_text())
+    assert redone["status"] == "done" and redone["step"] == redone["planned_steps"] > 0

@@ -91,9 +91,10 @@ def test_empty_responses_are_dropped_and_counted():
     validate(ranked[0], "rankings", ("test", None))
 
 
-def test_rankings_are_permutations_and_tied_rankings_dropped():
+def test_rankings_are_permutations_and_ties_are_kept_as_tied_groups():
     records, counts = auto.label_candidates(_candidates(), length_score, mode="rankings")
-    assert counts["ties_dropped"] == 1 and len(records) == 1
+    assert counts["ties_dropped"] == 0 and counts["rankings_with_ties"] == 1 and len(records) == 2
+    assert records[1]["ranking"] == [2, [0, 1]]  # "xy" and "zw" tie
     assert records[0]["ranking"] == [1, 2, 0] and records[0]["label"]["scores"] == [1.0, 3.0, 2.0]
     many = [{"prompt": "p", "responses": ["a" * k for k in range(1, 6)]}] * 50
     noisy, _ = auto.label_candidates(many, length_score, mode="rankings", temperature=2.0, seed=3)
@@ -136,4 +137,4 @@ def test_cli_labels_a_candidates_file(tmp_path, capsys):
     assert len(read_records(out, "preferences")) == 5
     assert json.loads(capsys.readouterr().out) == {"candidates": 2, "ties_dropped": 1, "records": 5}
     assert auto.main(argv[:-1] + [str(out), "--mode", "rankings", "--temperature", "0.5", "--seed", "1"]) == 0
-    assert len(read_records(out, "rankings")) == 1
+    assert len(read_records(out, "rankings")) == 2  # T > 0: the tie is ordered at random, the record kept

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +167,141 @@ def test_time_limit_stops_with_a_checkpoint_and_a_final_evaluation(tmp_path, tin
     examples = examples_for(tiny_tokenizer)
     result = fit(lm_objective, tiny_model, examples, lambda ex: collate(ex, 2), cfg, OptimConfig(),
                  Run(tmp_path / "run", cfg), eval_examples=examples[:8])
-    assert result.status == "time_limit" and result.step == 1
+    assert result.status == "time_limit" and result.step == 1 and result.planned_steps == 10_000
     assert "eval/loss" in result.eval_metrics
     assert [d.name for d in checkpoint_dirs(tmp_path / "run")] == ["step-0000001"]
+
+
+# ------------------------------------------------------------------------------ run directories: resume or refuse
+def test_a_directory_holding_a_run_is_refused_unless_resumed(tmp_path):
+    from rlhfkit.errors import RlhfkitError
+    from rlhfkit.tracking import check_run_dir
+
+    Run(tmp_path / "missing", TrainConfig())  # a missing directory starts fresh
+    (tmp_path / "empty").mkdir()
+    Run(tmp_path / "empty", TrainConfig())
+    Run(tmp_path / "empty", TrainConfig())  # config.yaml alone is not a run: nothing was logged yet
+    held = tmp_path / "held"
+    (held / "checkpoints").mkdir(parents=True)
+    (held / "metrics.jsonl").write_text('{"step": 1, "time": 0.1, "train/loss": 2.0}\n')
+    expected = (f"{held} already holds a run (checkpoints, metrics.jsonl); pass --train.resume to continue it, "
+                "or choose another --out")
+    with pytest.raises(RlhfkitError) as err:
+        Run(held, TrainConfig())
+    assert str(err.value) == expected and "\n" not in str(err.value)
+    assert not (held / "config.yaml").exists()  # refused before anything was written
+    with pytest.raises(RlhfkitError, match="already holds a run"):
+        check_run_dir(held, resume=False)  # the same check, for a stage to make before loading anything
+    run = Run(held, TrainConfig(resume=True))
+    assert run.existing == ["checkpoints", "metrics.jsonl"] and (held / "config.yaml").exists()
+
+
+def _fit_steps(tmp_path, tiny_tokenizer, tiny_arch, **train):
+    """A fresh tiny model fitted in tmp_path/run (its Run closed afterwards, as finish_stage does)."""
+    from rlhfkit.models import build_tiny
+
+    cfg = TrainConfig(batch_size=4, log_every=1, eval_every=10**9, progress=False, **train)
+    run = Run(tmp_path / "run", cfg)
+    result = fit(lm_objective, build_tiny(tiny_tokenizer, tiny_arch, seed=0), examples_for(tiny_tokenizer),
+                 lambda ex: collate(ex, 2), cfg, OptimConfig(), run, tokenizer=tiny_tokenizer)
+    run.close()
+    return result
+
+
+def _tensorboard_steps(run_dir, tag="train/loss"):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def test_resume_from_an_earlier_checkpoint_drops_the_later_rows_events_and_snapshots(tmp_path, tiny_tokenizer,
+                                                                                      tiny_arch):
+    from rlhfkit.loop import snapshot_dirs
+
+    run_dir = tmp_path / "run"
+    _fit_steps(tmp_path, tiny_tokenizer, tiny_arch, max_steps=6, save_every=4, snapshot_every=5)
+    shutil.rmtree(run_dir / "checkpoints" / "step-0000006")  # killed after step 6 was logged, before its checkpoint
+    first = [d.stat().st_mtime_ns for d in snapshot_dirs(run_dir)]
+    result = _fit_steps(tmp_path, tiny_tokenizer, tiny_arch, max_steps=6, save_every=4, snapshot_every=5,
+                        resume=True)
+    assert result.step == 6 and result.planned_steps == 6
+    logged = [r["step"] for r in read_metrics(run_dir)]
+    assert logged == [1, 2, 3, 4, 5, 6]  # rows 5 and 6 of the killed run were dropped, then logged again
+    assert _tensorboard_steps(run_dir) == [1, 2, 3, 4, 5, 6]  # purge_step hides the killed run's 5 and 6
+    assert len(list((run_dir / "tb").iterdir())) == 2  # TensorBoard continues in the same directory
+    again = [d.stat().st_mtime_ns for d in snapshot_dirs(run_dir)]
+    assert [d.name for d in snapshot_dirs(run_dir)] == ["step-0000005", "step-0000006"]
+    assert all(a != b for a, b in zip(first, again))  # saved again by the resumed run, not kept from the killed one
+
+
+def test_resume_with_no_checkpoint_starts_over_and_says_so(tmp_path, tiny_tokenizer, tiny_arch, capsys):
+    run_dir = tmp_path / "run"
+    _fit_steps(tmp_path, tiny_tokenizer, tiny_arch, max_steps=3, save_every=100)
+    shutil.rmtree(run_dir / "checkpoints")  # e.g. an experiment's finished stage: its checkpoints are deleted
+    capsys.readouterr()
+    result = _fit_steps(tmp_path, tiny_tokenizer, tiny_arch, max_steps=2, save_every=100, resume=True)
+    assert result.step == 2
+    assert "no checkpoint to resume from; training from step 0" in capsys.readouterr().err
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]  # the old run's rows are gone, not mixed in
+    assert _tensorboard_steps(run_dir) == [1, 2]
+
+
+def test_truncating_metrics_drops_a_torn_last_line_and_replaces_the_file_atomically(tmp_path):
+    run = Run(tmp_path / "run", TrainConfig())
+    for step in (1, 2, 3):
+        run.log(step, {"train/loss": 1.0 / step})
+    run.close()
+    with run.metrics_path.open("a") as f:
+        f.write('{"step": 4, "ti')  # a kill mid-write
+    run.truncate_metrics(2)
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "metrics.jsonl", "tb"]
+
+
+def test_rerunning_a_stage_into_its_directory_is_refused_in_one_line_and_resumed_when_asked(tmp_path, toy_corpus,
+                                                                                             capsys):
+    from rlhfkit import cli
+
+    (tmp_path / "corpus.jsonl").write_bytes(Path(toy_corpus).read_bytes())
+    out = tmp_path / "p"
+    cmd = [str(a) for a in pretrain_cmd(out, steps=3)[1:]] + ["--train.log-every", "1"]
+    assert cli.main(cmd) == 0
+    rows = read_metrics(out)
+    capsys.readouterr()
+    assert cli.main(cmd) == 1
+    err = capsys.readouterr().err
+    assert err == (f"rlhfkit: error: {out} already holds a run (checkpoints, metrics.jsonl, summary.json, model, "
+                   "tb); pass --train.resume to continue it, or choose another --out\n")
+    assert read_metrics(out) == rows  # untouched
+    assert cli.main(cmd[:-2] + ["--train.max-steps", "5", "--train.log-every", "1", "--train.resume"]) == 0
+    steps = [r["step"] for r in read_metrics(out) if "train/loss" in r]
+    assert steps == [1, 2, 3, 4, 5]
+    assert json.loads((out / "summary.json").read_text())["step"] == 5
+
+
+def test_a_stage_stopped_by_its_time_limit_records_the_steps_it_reached_and_planned(tmp_path, toy_corpus, capsys):
+    from rlhfkit import cli
+
+    (tmp_path / "corpus.jsonl").write_bytes(Path(toy_corpus).read_bytes())
+    out = tmp_path / "p"
+    assert cli.main([str(a) for a in pretrain_cmd(out, steps=50)[1:]] + ["--train.max-minutes", "0"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["status"], summary["step"], summary["planned_steps"]) == ("time_limit", 1, 50)
+    assert f"{out}: stopped by its time limit at step 1 of 50" in capsys.readouterr().err
+
+
+def test_two_processes_agree_to_refuse_a_directory_holding_a_run(tmp_path):
+    """Only the main process looks at the directory; the other gets its verdict (it would otherwise go on and
+    wait forever in the first collective for a main process that has left)."""
+    (tmp_path / "two" / "run").mkdir(parents=True)
+    (tmp_path / "two" / "run" / "metrics.jsonl").write_text('{"step": 1, "time": 0.0}\n')
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518",
+              str(ROOT / "tests" / "scripts" / "fit_toy.py"), str(tmp_path / "two"), "1", "2"]
+    res = subprocess.run(launch, env=dict(ENV, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode != 0
+    assert res.stderr.count("already holds a run (metrics.jsonl)") >= 2, res.stderr[-3000:]  # both ranks raise
+    assert not list((tmp_path / "two").glob("rank-*.json"))

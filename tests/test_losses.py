@@ -79,6 +79,61 @@ def test_plackett_luce_mask_drops_the_tail_of_short_rankings():
     assert rewards.grad[1, 2].item() == 0.0
 
 
+def _plackett_luce_without_ties(rewards, mask):
+    """The Plackett-Luce loss as it was before ties: a cumulative logsumexp from the worst response up."""
+    filled = torch.where(mask, rewards, torch.finfo(rewards.dtype).min)
+    tail_lse = torch.logcumsumexp(filled.flip(-1), dim=-1).flip(-1)
+    return -torch.where(mask, filled - tail_lse, torch.zeros_like(filled)).sum(-1)
+
+
+def test_plackett_luce_breslow_tie_hand_value():
+    # rewards [2, 1, 1, 0], ranks [0, 1, 1, 2]: the two tied responses share the denominator of rank >= 1
+    #   best:   -[2 - log(e^2 + e + e + 1)] = log(13.825620) - 2 = 2.626523 - 2 = 0.626523
+    #   tied:   -[1 - log(e + e + 1)]       = log(6.436564) - 1  = 1.861995 - 1 = 0.861995, twice
+    #   worst:  -[0 - log e^0]              = 0
+    # total 0.626523 + 2 * 0.861995 = 2.350513
+    loss = losses.plackett_luce_loss(t(2.0, 1.0, 1.0, 0.0)[None], ranks=torch.tensor([[0, 1, 1, 2]]))
+    assert loss.item() == pytest.approx(2.350513, abs=1e-5)
+
+
+def test_plackett_luce_breslow_tied_last_group_keeps_a_term():
+    # rewards [1, 0, 0], ranks [0, 1, 1]: best -[1 - log(e + 2)] = 1.551445 - 1 = 0.551445; each tied
+    # response -[0 - log(1 + 1)] = log 2: total 0.551445 + 2 * 0.693147 = 1.937739 (a tie of d costs >= d log d)
+    loss = losses.plackett_luce_loss(t(1.0, 0.0, 0.0)[None], ranks=torch.tensor([[0, 1, 1]]))
+    assert loss.item() == pytest.approx(1.937739, abs=1e-5)
+
+
+def test_plackett_luce_without_ties_equals_the_old_loss():
+    torch.manual_seed(0)
+    rewards = torch.randn(16, 5) * 3
+    mask = torch.ones(16, 5, dtype=torch.bool)
+    mask[4:, 3:] = False  # shorter rankings occupy a prefix of the row
+    mask[9:, 2:] = False
+    old = _plackett_luce_without_ties(rewards, mask)
+    ranks = torch.arange(5).expand(16, 5)
+    torch.testing.assert_close(losses.plackett_luce_loss(rewards, mask), old, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(losses.plackett_luce_loss(rewards, mask, ranks), old, atol=1e-5, rtol=1e-6)
+    # ranks 0, 2, 5, ... with gaps order the same way: only the order of the ranks matters
+    torch.testing.assert_close(losses.plackett_luce_loss(rewards, mask, ranks * 3 + 1), old, atol=1e-5, rtol=1e-6)
+
+
+def test_plackett_luce_with_ranks_does_not_depend_on_column_order():
+    rewards, ranks = t(0.0, 1.0, 2.0, 1.0)[None], torch.tensor([[2, 1, 0, 1]])  # the 2.350513 table, shuffled
+    assert losses.plackett_luce_loss(rewards, ranks=ranks).item() == pytest.approx(2.350513, abs=1e-5)
+
+
+def test_plackett_luce_ties_and_padding_give_finite_gradients():
+    rewards = torch.tensor([[2.0, 1.0, 1.0, 0.0], [3.0, 3.0, -50.0, 99.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    ranks = torch.tensor([[0, 1, 1, 2], [0, 0, 1, 0]])  # the padded cell's rank is ignored
+    loss = losses.plackett_luce_loss(rewards, mask, ranks)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(rewards.grad).all()
+    assert rewards.grad[1, 3].item() == 0.0
+    # row 1: the tied pair [3, 3] above -50: each term -[3 - log(2 e^3 + e^-50)] ~ log 2, the last 0
+    assert loss[1].item() == pytest.approx(2 * math.log(2), abs=1e-6)
+
+
 # ---------------------------------------------------------------- DPO family
 
 

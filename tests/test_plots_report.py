@@ -7,7 +7,7 @@ import pytest
 from matplotlib.image import imread
 
 from rlhfkit import findings, plots, report
-from rlhfkit.stats import BetaKLFit, fit_beta_kl, win_rate
+from rlhfkit.stats import fit_beta_kl, win_rate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

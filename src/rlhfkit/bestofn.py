@@ -3,8 +3,8 @@
 A strong, training-free baseline for RLHF (Stiennon et al. 2020; Nakano et al. 2021): its KL to the policy is
 at most log N - (N - 1) / N nats, so it belongs on every reward-vs-KL frontier next to PPO and DPO.
 
-    rlhfkit sample --model runs/sft/model --prompts prompts.jsonl --num-samples 4 --out candidates.jsonl
-    rlhfkit sample ... --best-of 8 --reward rm:runs/rm/model
+    rlhfkit sample --model runs/sentiment-tiny/sft/model --prompts prompts.jsonl --num-samples 4 --out cands.jsonl
+    rlhfkit sample ... --best-of 8 --reward rm:runs/sentiment-tiny/rm/model
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class SampleConfig:
     best_of: int = 1
     """Each written response is the best of this many samples under --reward (1: plain sampling)."""
     reward: str | None = None
-    """Scorer for --best-of: `rm:PATH`, `vader` or `module:function`."""
+    """Scorer for --best-of (and only used with it): `rm:PATH`, `vader` or `module:function`."""
     batch_size: int = 64
     """Sequences per generation forward pass."""
     max_prompt_length: int = 64
@@ -94,6 +94,32 @@ class SampleConfig:
                               temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size)
 
 
+def check_sample_config(cfg: SampleConfig) -> None:
+    """Refuse, with one line (RlhfkitError), options that cannot work or would do nothing in this combination;
+    cheap and read-only, so `sample_main` calls it before any model or scorer is loaded."""
+    if not cfg.prompts:
+        raise RlhfkitError("--prompts is required (a JSONL file of {\"prompt\": ...} records)")
+    check_sampling(cfg.temperature, cfg.top_p)
+    if cfg.num_samples < 1:
+        raise RlhfkitError(f"--num-samples must be >= 1, got {cfg.num_samples}")
+    if cfg.best_of < 1:
+        raise RlhfkitError(f"--best-of must be >= 1 (1: plain sampling), got {cfg.best_of}")
+    if cfg.best_of > 1 and not cfg.reward:
+        raise RlhfkitError("--best-of needs --reward (rm:PATH, vader or module:function) to pick the best")
+    if cfg.reward and cfg.best_of == 1:
+        raise RlhfkitError(f"--reward {cfg.reward} only picks among --best-of N samples, and --best-of is 1: pass "
+                           "--best-of N (N >= 2) to keep the best of N, or drop --reward for plain samples")
+    if cfg.temperature == 0 and cfg.best_of > 1:
+        raise RlhfkitError(f"--temperature 0 (greedy) draws the same completion every time, so --best-of "
+                           f"{cfg.best_of} would pick among copies; use a temperature > 0")
+    if cfg.temperature == 0 and cfg.num_samples > 1:
+        raise RlhfkitError(f"--temperature 0 (greedy) draws the same completion every time, so --num-samples "
+                           f"{cfg.num_samples} would write copies; use a temperature > 0, or --num-samples 1")
+    if cfg.min_new_tokens > cfg.max_new_tokens:
+        raise RlhfkitError(f"--min-new-tokens {cfg.min_new_tokens} exceeds --max-new-tokens {cfg.max_new_tokens}: "
+                           "no response can be that long")
+
+
 def sample_main(argv: list[str]) -> int:
     from rlhfkit import config as config_lib
     from rlhfkit.config import ModelConfig
@@ -101,11 +127,7 @@ def sample_main(argv: list[str]) -> int:
     from rlhfkit.models import load_causal_lm
 
     cfg = config_lib.parse(SampleConfig, argv, prog="rlhfkit sample")
-    if not cfg.prompts:
-        raise RlhfkitError("--prompts is required (a JSONL file of {\"prompt\": ...} records)")
-    check_sampling(cfg.temperature, cfg.top_p)  # before loading the model
-    if cfg.best_of > 1 and not cfg.reward:
-        raise RlhfkitError("--best-of needs --reward (rm:PATH, vader or module:function) to pick the best")
+    check_sample_config(cfg)  # before loading the model or the scorer
     scorer = make_scorer(cfg.reward) if cfg.best_of > 1 else (lambda p, r: [0.0] * len(r))
     prompts = [r["prompt"] for r in read_records(cfg.prompts, "prompts")]
     model, tokenizer = load_causal_lm(ModelConfig(name=cfg.model), seed=cfg.seed)

@@ -35,11 +35,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _usage() -> str:
-    width = max(len(name) for name in COMMANDS)
-    lines = ["usage: rlhfkit <command> [options]   (rlhfkit <command> --help for its options)", ""]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+INTERRUPTED = ("rlhfkit: interrupted; run the same command again with --train.resume to continue from the last "
+               "checkpoint (`rlhfkit experiment` picks up where it stopped by itself)")
+
+
+def _usage(group: str | None = None) -> str:
+    """Every command, or a group's subcommands (`rlhfkit rm`)."""
+    names = [n for n in COMMANDS if group is None or n.startswith(group + " ")]
+    width = max(len(name) for name in names)
+    head = f"rlhfkit {group} <subcommand>" if group else "rlhfkit <command>"
+    lines = [f"usage: {head} [options]   (add --help for a command's options; --config FILE reads them from YAML)",
+             ""]
+    lines += [f"  {name:<{width}}  {COMMANDS[name][1]}" for name in names]
     return "\n".join(lines)
+
+
+def groups() -> set[str]:
+    """Command groups: the first word of two-word commands (rm, label, eval, data, experiment)."""
+    return {name.split()[0] for name in COMMANDS if " " in name}
 
 
 def resolve(argv: list[str]) -> tuple[str, list[str]]:
@@ -69,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target, rest = resolve(argv)
     except KeyError:
+        if argv[0] in groups():
+            asked = len(argv) == 1 or argv[1] in ("-h", "--help")
+            if not asked:
+                print(f"rlhfkit: unknown subcommand '{argv[1]}' of '{argv[0]}'", file=sys.stderr)
+            print(_usage(argv[0]), file=sys.stdout if asked else sys.stderr)
+            return 0 if asked else 2
         print(f"rlhfkit: unknown command '{' '.join(argv[:2])}'\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, func_name = target.split(":")
@@ -78,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhfkit: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("rlhfkit: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rlhfkit ... | head`: the reader left; not an error of ours
+        sys.stdout = None
+        return 141
     return int(result or 0)
 
 

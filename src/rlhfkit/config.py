@@ -152,31 +152,110 @@ class DataConfig:
     """Use at most this many records (None: all)."""
 
 
-def _from_dict(cls: type[T], data: dict[str, Any], source: str) -> T:
+# ------------------------------------------------------------------------------------------------ YAML files
+_YAML_FLOAT = r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$"""
+
+
+def _yaml_loader() -> type:
+    """PyYAML's SafeLoader reading floats as YAML 1.2 and the command line do: `1e-4` is a float, not a string."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_YAML_FLOAT, re.X),
+                                 list("-+0123456789."))
+    return Loader
+
+
+def _underscore_keys(data: Any) -> Any:
+    """Config keys may be written as on the command line (`max-steps`) or as fields (`max_steps`)."""
+    if isinstance(data, dict):
+        return {str(k).replace("-", "_"): _underscore_keys(v) for k, v in data.items()}
+    return data
+
+
+def _to_float(value: Any) -> Any:
+    """A float field takes an int (`lr: 1`) or a numeric string (`lr: "1e-4"`) as the command line does."""
+    if isinstance(value, bool):
+        return value  # left for the type check to refuse
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _type_name(t: Any) -> str:
+    """`float`, `int | None`, `Literal['cosine', 'linear']`: a type as the docs write it."""
+    return t.__name__ if isinstance(t, type) else str(t).replace("typing.", "").replace("NoneType", "None")
+
+
+def _required(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], source: str, allow_missing: bool = False) -> T:
+    """Build `cls` from a mapping, types checked (unknown keys and wrong types fail, naming the key).
+
+    allow_missing: required fields absent from `data` become `tyro.MISSING` (the command line must give them)."""
+    import typing
+
     import dacite
 
+    missing = [name for name in _required(cls) if name not in data] if allow_missing else []
+    target: type = cls
+    if missing:  # check what is given against a copy of cls without the absent required fields
+        hints = typing.get_type_hints(cls)
+        target = dataclasses.make_dataclass(cls.__name__, [
+            (f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory))
+            for f in dataclasses.fields(cls) if f.name not in missing])
+    config = dacite.Config(strict=True, cast=[tuple, Path], type_hooks={float: _to_float})
     try:
-        return dacite.from_dict(cls, data, config=dacite.Config(strict=True, cast=[tuple]))
+        built = dacite.from_dict(target, data, config=config)
     except dacite.UnexpectedDataError as err:
         raise RlhfkitError(f"{source}: unknown key(s) {sorted(err.keys)} for {cls.__name__}") from None
     except dacite.WrongTypeError as err:
-        raise RlhfkitError(f"{source}: key '{err.field_path}' should be {err.field_type}, got {err.value!r}") from None
+        raise RlhfkitError(f"{source}: key '{err.field_path}' should be {_type_name(err.field_type)}, got {err.value!r}") from None
     except dacite.DaciteError as err:
         raise RlhfkitError(f"{source}: {err}") from None
+    if not missing:
+        return built
+    import tyro
+
+    values = {f.name: getattr(built, f.name) for f in dataclasses.fields(target)}
+    return cls(**values, **{name: tyro.MISSING for name in missing})
 
 
-def load_yaml(cls: type[T], path: str | Path, base: T | None = None) -> T:
-    """Read a YAML file into `cls`, layered over `base` (or the defaults)."""
+def load_yaml(cls: type[T], path: str | Path, base: T | None = None, allow_missing: bool = False) -> T:
+    """Read a YAML file into `cls`, layered over `base` (or the defaults). Keys may use `-` or `_`; values are
+    read as the field's type expects (`1e-4` is a float). allow_missing: see `_from_dict`."""
     import yaml
 
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise RlhfkitError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise RlhfkitError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):
         raise RlhfkitError(f"{path}: expected a mapping of config keys at the top level")
+    data = _underscore_keys(data)
     merged = _deep_merge(to_dict(base), data) if base is not None else data  # dacite fills field defaults
-    return _from_dict(cls, merged, str(path))
+    return _from_dict(cls, merged, str(path), allow_missing)
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -203,35 +282,95 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def parse(cls: type[T], argv: list[str] | None = None, prog: str | None = None, default: T | None = None) -> T:
-    """Defaults -> `--config FILE` (YAML) -> command-line overrides, into a frozen `cls` instance."""
+    """Defaults -> `--config FILE` (YAML) -> command-line overrides, into a frozen `cls` instance.
+
+    The command line is read as people type it (see `normalize_argv`); required fields may come from the YAML
+    file, the command line or both."""
     import tyro
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    config_file, argv = _take_config(argv)
     base = default if default is not None else _defaults(cls)
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise RlhfkitError("--config needs a YAML file path")
-        base = load_yaml(cls, argv[i + 1], base)
-        argv = argv[:i] + argv[i + 2 :]
-    return tyro.cli(cls, args=_bare_flags(argv), default=base, prog=prog, config=(tyro.conf.FlagConversionOff,))
+    if config_file is not None:
+        base = load_yaml(cls, config_file, base, allow_missing=True)
+    description = ((cls.__doc__ or "").strip() + "\n\n" + CONFIG_HELP).strip()
+    return tyro.cli(cls, args=normalize_argv(cls, argv), default=base, prog=prog, description=description)
 
 
-def _bare_flags(argv: list[str]) -> list[str]:
-    """A flag with no value is a boolean: `--train.resume` means `--train.resume True` and `--no-eos-penalty`
-    (or `--train.no-resume`) means `... False`. Every other option takes a value, so a valueless non-boolean
-    still fails with tyro's message."""
-    out = []
+CONFIG_HELP = ("--config FILE: read options from a YAML file first (nested keys as the dotted options name them, "
+               "`-` or `_`); options on the command line override it. Booleans: --flag / --no-flag.")
+
+
+def _take_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(the `--config FILE` / `--config=FILE` value or None, argv without it)."""
     for i, arg in enumerate(argv):
-        bare = arg.startswith("--") and arg != "--help" and (i + 1 == len(argv) or argv[i + 1].startswith("--"))
-        if not bare:
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1], argv[:i] + argv[i + 1:]
+        if arg == "--config":
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise RlhfkitError("--config needs a YAML file path")
+            return argv[i + 1], argv[:i] + argv[i + 2:]
+    return None, argv
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def bool_options(cls: type, prefix: str = "") -> set[str]:
+    """Dotted, dashed option names of every boolean field of a config, nested blocks included."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names: set[str] = set()
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            names.add(name)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            names |= bool_options(hints[f.name], name + ".")
+    return names
+
+
+def _negated(name: str) -> str:
+    """`lora.merge` -> `lora.no-merge` (the form the parser knows)."""
+    head, dot, leaf = name.rpartition(".")
+    return f"{head}{dot}no-{leaf}"
+
+
+def normalize_argv(cls: type, argv: list[str]) -> list[str]:
+    """Command-line options as people type them, in the one form the parser reads.
+
+    `--key=value` is `--key value`; `_` and `-` are the same in option names; a boolean is `--flag`, `--no-flag`
+    (at any depth: `--no-lora.merge` or `--lora.no-merge`) or `--flag VALUE` / `--flag=VALUE` with VALUE one of
+    true/false, yes/no, on/off, 1/0 in any case.
+    """
+    bools = bool_options(cls)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg, i = argv[i], i + 1
+        if not arg.startswith("--") or arg in ("--", "--help"):
             out.append(arg)
             continue
-        head, _, name = arg[2:].rpartition(".")
-        if name.startswith("no-") or name.startswith("no_"):
-            out += ["--" + (head + "." if head else "") + name[3:], "False"]
+        name, eq, value = arg[2:].partition("=")
+        name = name.replace("_", "-")
+        if name in bools:
+            flag, on = name, True
+        elif name.startswith("no-") and name[3:] in bools:  # --no-lora.merge
+            flag, on = name[3:], False
+        elif any(name == _negated(b) for b in bools):  # --lora.no-merge
+            flag, on = next(b for b in bools if name == _negated(b)), False
         else:
-            out += [arg, "True"]
+            out += [f"--{name}", value] if eq else [f"--{name}"]
+            continue
+        literal = value if eq else (argv[i] if i < len(argv) and argv[i].lower() in _TRUE | _FALSE else None)
+        if literal is not None and not eq:
+            i += 1
+        if literal is not None:
+            if literal.lower() not in _TRUE | _FALSE:
+                raise RlhfkitError(f"--{flag} is true or false (or --{flag} / --{_negated(flag)}), got {literal!r}")
+            on = on == (literal.lower() in _TRUE)
+        out.append(f"--{flag}" if on else f"--{_negated(flag)}")
     return out
 
 

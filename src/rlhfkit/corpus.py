@@ -320,18 +320,18 @@ class ChitchatPreferenceArgs:
 
 
 def main(argv: list[str]) -> int:
-    import tyro
+    from rlhfkit.config import parse
 
-    args = tyro.cli(CorpusArgs, args=argv)
+    args = parse(CorpusArgs, argv, prog="rlhfkit data corpus")
     counts = build_corpus(args.out, args.seed, args.heldout_fraction, args.max_chitchat_conversations)
     print(json.dumps(counts, indent=2))
     return 0
 
 
 def chitchat_sft_main(argv: list[str]) -> int:
-    import tyro
+    from rlhfkit.config import parse
 
-    args = tyro.cli(ChitchatSftArgs, args=argv)
+    args = parse(ChitchatSftArgs, argv, prog="rlhfkit data chitchat")
     conversations = read_chitchat(max_conversations=args.max_conversations)
     records = [rec for c in conversations if (rec := conversation_sft_record(c["messages"]))]
     n = write_jsonl(args.out, records)
@@ -340,9 +340,9 @@ def chitchat_sft_main(argv: list[str]) -> int:
 
 
 def chitchat_preferences_main(argv: list[str]) -> int:
-    import tyro
+    from rlhfkit.config import parse
 
-    args = tyro.cli(ChitchatPreferenceArgs, args=argv)
+    args = parse(ChitchatPreferenceArgs, argv, prog="rlhfkit data chitchat-preferences")
     records, counts = chitchat_preference_pairs(
         read_chitchat(), args.min_gap, not args.keep_default_ratings, args.max_pairs_per_prompt, args.seed
     )

@@ -101,9 +101,9 @@ class MineArgs:
 
 
 def main(argv: list[str]) -> int:
-    import tyro
+    from rlhfkit.config import parse
 
-    args = tyro.cli(MineArgs, args=argv)
+    args = parse(MineArgs, argv, prog="rlhfkit data mine-dialogues")
     texts = read_texts(args.input)
     dialogues = [d for text in texts for d in mine_dialogues(text, args.min_turns)]
     write_jsonl(args.out, (dialogue_record(d) for d in dialogues))

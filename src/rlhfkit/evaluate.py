@@ -9,7 +9,9 @@ For a policy pi and its reference pi_ref on held-out prompts:
   length  mean completion length in tokens (reported next to reward: longer texts can score higher)
 Standard errors are clustered by prompt: the K samples of one prompt are averaged first (`prompt_rewards`,
 `prompt_kls`, `prompt_lengths`), then the interval is taken over prompts, since samples of one prompt are not
-independent. top_p < 1 is refused for the KL (a sampled token outside the reference's nucleus has reference
+independent. `rlhfkit eval reward-kl` prints each mean with its standard error and 95% interval
+(`PolicyEval.to_dict`); `rlhfkit eval win-rate` the counts (ties apart), the rate (ties count half) and its 95%
+Wilson interval (`win_rate_dict`). top_p < 1 is refused for the KL (a sampled token outside the reference's nucleus has reference
 probability 0: the KL is infinite), and so is temperature 0 (greedy decoding has no distribution to compare);
 win rates sample with any top_p.
 Best-of-N is not a network, so its KL is the analytic KL(best-of-N || pi) = log N - (N-1)/N (Stiennon et al.
@@ -31,6 +33,7 @@ from rlhfkit.data import encode_prompt, read_records
 from rlhfkit.generation import Rollout, decode_responses, sample
 from rlhfkit.logprobs import sequence_logprob_sums
 from rlhfkit.sampling import SamplingConfig, check_sampling
+from rlhfkit.tracking import say
 
 if TYPE_CHECKING:
     from rlhfkit.protocols import Scorer
@@ -57,8 +60,38 @@ class PolicyEval:
     prompt_lengths: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
+        """Means and standard errors (what a checkpoint's entry in an experiment's evaluation holds)."""
         return {"reward": self.reward.mean, "reward_se": self.reward.se, "kl": self.kl.mean, "kl_se": self.kl.se,
                 "length": self.length, "n": self.reward.n}
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `rlhfkit eval reward-kl` prints: `summary()` with the 95% interval of reward and of KL as
+        `reward_ci95` / `kl_ci95` = [low, high] (normal approximation over the n prompts)."""
+        return {"reward": self.reward.mean, "reward_se": self.reward.se,
+                "reward_ci95": [self.reward.low, self.reward.high], "kl": self.kl.mean, "kl_se": self.kl.se,
+                "kl_ci95": [self.kl.low, self.kl.high], "length": self.length, "n": self.reward.n}
+
+    def describe(self) -> str:
+        """One line for a person: both means with their 95% intervals."""
+        return (f"reward {_interval(self.reward.mean, self.reward.low, self.reward.high)}, KL "
+                f"{_interval(self.kl.mean, self.kl.low, self.kl.high)} nats, mean length {self.length:.1f} tokens "
+                f"(95% intervals over {self.reward.n} prompts)")
+
+
+def _interval(value: float, low: float, high: float) -> str:
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def win_rate_dict(wr: stats.WinRate) -> dict[str, Any]:
+    """What `rlhfkit eval win-rate` prints: `WinRate.to_dict()` (its low / high are the 95% Wilson interval)
+    with that interval also as `rate_ci95` = [low, high], named like reward-kl's."""
+    return {**wr.to_dict(), "rate_ci95": [wr.low, wr.high]}
+
+
+def describe_win_rate(wr: stats.WinRate) -> str:
+    """One line for a person: the counts, ties apart, and the rate with its 95% Wilson interval."""
+    return (f"A beats B on {wr.wins} of {wr.n} prompts, loses {wr.losses}, ties {wr.ties}; win rate "
+            f"{_interval(wr.rate, wr.low, wr.high)} (ties count half; 95% Wilson interval)")
 
 
 def prompt_means(values: Any, k: int) -> list[float]:
@@ -181,11 +214,13 @@ def reward_kl_main(argv: list[str]) -> int:
     scorer = make_scorer(args.judge)
     policy, tokenizer = _load(args.policy)
     reference, _ = _load(args.reference)
-    result = evaluate_policy(policy, reference, tokenizer, prompts, scorer, args.sampling, args.seed).summary()
+    evaluation = evaluate_policy(policy, reference, tokenizer, prompts, scorer, args.sampling, args.seed)
+    result = evaluation.to_dict()
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
+    say(f"reward-kl: {evaluation.describe()}")
     return 0
 
 
@@ -205,5 +240,7 @@ def win_rate_main(argv: list[str]) -> int:
         rollout = sample(model, [encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id,
                          tokenizer.eos_token_id, args.sampling, num_samples=1, seed=args.seed)  # one per prompt
         completions.append(decode_responses(tokenizer, rollout))
-    print(json.dumps(judge_win_rate(prompts, completions[0], completions[1], scorer).to_dict(), indent=2))
+    wr = judge_win_rate(prompts, completions[0], completions[1], scorer)
+    print(json.dumps(win_rate_dict(wr), indent=2))
+    say(f"win-rate: {describe_win_rate(wr)}")
     return 0

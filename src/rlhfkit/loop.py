@@ -33,7 +33,7 @@ import torch
 from rlhfkit.config import OptimConfig, TrainConfig
 from rlhfkit.errors import TrainingDiverged
 from rlhfkit.protocols import Objective
-from rlhfkit.tracking import Run
+from rlhfkit.tracking import Run, say
 
 
 
@@ -41,6 +41,7 @@ from rlhfkit.tracking import Run
 class FitResult:
     step: int
     status: str  # "done" | "time_limit"
+    planned_steps: int = 0  # the steps the run was to reach (step < planned_steps when stopped on time)
     last_metrics: dict[str, float] = field(default_factory=dict)
     eval_metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -183,6 +184,15 @@ def snapshot_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda d: int(d.name.split("-")[1]))
 
 
+def drop_snapshots_after(run_dir: Path, step: int) -> list[Path]:
+    """Delete the snapshots of steps after `step` (a resumed run saves them again, from its own weights);
+    returns those deleted. Call on the main process."""
+    later = [d for d in snapshot_dirs(run_dir) if int(d.name.split("-")[1]) > step]
+    for d in later:
+        shutil.rmtree(d, ignore_errors=True)
+    return later
+
+
 def load_latest_checkpoint(accelerator: Any, run_dir: Path) -> tuple[int, dict] | None:
     """Restore the newest complete checkpoint into the prepared objects; returns (step, extra) or None."""
     dirs = checkpoint_dirs(run_dir)
@@ -214,11 +224,18 @@ class StepLoop:
     extra: Callable[[], dict] | None = None
 
     def resume(self) -> tuple[int, dict]:
-        """(first step to run, the extra state of the checkpoint it resumes from): (0, {}) for a fresh run.
-        Logged rows after that step are dropped, since the resumed run logs them again."""
+        """(first step to run, the extra state of the checkpoint it resumes from): (0, {}) for a fresh run, and
+        for a resume with no complete checkpoint to resume from (the run starts over, and says so when the
+        directory held one). Logged rows, TensorBoard events and snapshots after that step are dropped, since
+        the resumed run makes them again: the directory never mixes two runs' steps."""
         restored = load_latest_checkpoint(self.accelerator, self.run.dir) if self.cfg.resume else None
         start, extra = restored if restored is not None else (0, {})
-        self.run.truncate_metrics(start)
+        if self.accelerator.is_main_process:
+            if self.cfg.resume and restored is None and self.run.existing:
+                say(f"{self.run.dir}: no checkpoint to resume from; training from step 0 and replacing what it "
+                    f"holds ({', '.join(self.run.existing)})")
+            drop_snapshots_after(self.run.dir, start)
+        self.run.resume_at(start)
         return start, extra
 
     def run_steps(self, start: int, step: Callable[[int], dict[str, float]],
@@ -228,9 +245,10 @@ class StepLoop:
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.accelerator
+        self.run.planned_steps = self.total
         bar = tqdm(total=self.total, initial=start, disable=not (cfg.progress and acc.is_main_process),
                    desc=self.run.dir.name, dynamic_ncols=True)
-        result, t0, every = LoopResult(step=start), time.time(), snapshot_interval(cfg, self.total)
+        result, t0, every = LoopResult(start, planned_steps=self.total), time.time(), snapshot_interval(cfg, self.total)
         for s in range(start, self.total):
             metrics = step(s)
             result.step, result.metrics = s + 1, metrics
@@ -257,6 +275,7 @@ class StepLoop:
 class LoopResult:
     step: int
     status: str = "done"  # "done" | "time_limit"
+    planned_steps: int = 0  # the steps the run was to reach (step < planned_steps when stopped on time)
     metrics: dict[str, float] = field(default_factory=dict)  # the last step's
     seconds: float = 0.0
     snapshot: Path | None = None  # the snapshot saved at `step` by this call (None if the last step saved none)
@@ -265,8 +284,15 @@ class LoopResult:
 def finish_stage(accelerator: Any, model: Any, tokenizer: Any, run: Run, summary: dict[str, Any],
                  snapshot: Path | None = None, merge_lora: bool = True) -> dict[str, Any]:
     """Every training stage ends the same way: the model saved to <run>/model (a final snapshot's files
-    hard-linked, see `save_final_model`) and summary.json written by the main process, then the run closed."""
+    hard-linked, see `save_final_model`) and summary.json written by the main process, then the run closed.
+    summary.json also gets the steps the run was to reach (`planned_steps`) next to the stage's step and status;
+    a stage stopped by its time limit says so."""
     summary["model"] = str(run.dir / "model")
+    if run.planned_steps is not None:
+        summary.setdefault("planned_steps", run.planned_steps)
+    if summary.get("status") == "time_limit" and accelerator.is_main_process:
+        say(f"{run.dir}: stopped by its time limit at step {summary.get('step')} of "
+            f"{summary.get('planned_steps', '?')}; the saved model is that step's")
     if accelerator.is_main_process:
         save_final_model(accelerator.unwrap_model(model), tokenizer, run.dir, snapshot, merge_lora)
         run.write_json("summary.json", summary)
@@ -307,7 +333,8 @@ def _check_finite(accelerator: Any, loss: torch.Tensor, step: int, run_dir: Path
         kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint had been written yet"
         raise TrainingDiverged(
             f"non-finite loss at optimizer step {step + 1}; stopped, {kept}. Lower the learning rate or check "
-            "the data, then rerun (add --train.resume to continue from that checkpoint)"
+            "the data, then rerun with --train.resume to continue from that checkpoint (or into another --out to "
+            "start over)"
         )
 
 
@@ -376,7 +403,7 @@ def fit(
                     postfix=lambda m: {"loss": f"{m['loss']:.4f}"})
     start = loop.resume()[0]
     st = FitState(objective, model, optimizer, scheduler, train, collate, optim, loop)
-    result = FitResult(step=start, status="done")
+    result = FitResult(step=start, status="done", planned_steps=steps)
     t0 = time.time()
 
     def after_step(done: int, metrics: dict[str, float], last: bool) -> None:

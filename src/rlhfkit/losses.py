@@ -50,21 +50,33 @@ def bradley_terry_loss(
     return -F.logsigmoid(gap)
 
 
-def plackett_luce_loss(rewards: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Listwise ranking loss  -sum_k log( exp r_k / sum_{j>=k} exp r_j )  (Plackett-Luce; DPO paper app. A.3).
+def plackett_luce_loss(rewards: torch.Tensor, mask: torch.Tensor | None = None,
+                       ranks: torch.Tensor | None = None) -> torch.Tensor:
+    """Listwise ranking loss  -sum_k log( exp r_k / sum_{j: rank_j >= rank_k} exp r_j )  (Plackett-Luce; DPO
+    paper app. A.3), with ties handled by Breslow's approximation (as in the Cox partial likelihood).
 
-    rewards: (B, K), each row ordered best-first; mask: (B, K) bool, True for the responses a row really has
-    (a valid ranking occupies a prefix of the row). Returns (B,). For K = 2 this is Bradley-Terry.
+    rewards: (B, K); mask: (B, K) bool, True for the responses a row really has; ranks: (B, K) integers, 0 =
+    best, tied responses share a rank. ranks=None: the row's order, best first (ranks 0..K-1). Returns (B,).
+
+    A response's denominator holds every response ranked at or below it, so tied responses share one. Without
+    ties this is the Plackett-Luce likelihood (the last response's term is 0; for K = 2 it is Bradley-Terry).
+    A tie of d responses costs at least d * log d, reached when their rewards are equal and every lower-ranked
+    reward is far below: the loss pulls tied rewards together as well as above the responses they beat.
     """
+    K = rewards.shape[-1]
     if mask is None:
         mask = torch.ones_like(rewards, dtype=torch.bool)
     mask = mask.bool()
+    if ranks is None:
+        ranks = torch.arange(K, device=rewards.device).expand(rewards.shape)
     # Padding gets the most negative finite value: exp() makes it vanish from every sum without the
     # -inf - -inf = nan that a true -inf would produce (and then leak into gradients).
     filled = torch.where(mask, rewards, torch.finfo(rewards.dtype).min)  # (B, K)
-    # log sum_{j>=k} exp r_j: a cumulative logsumexp read from the worst response upwards.
-    tail_lse = torch.logcumsumexp(filled.flip(-1), dim=-1).flip(-1)  # (B, K)
-    log_probs = torch.where(mask, filled - tail_lse, torch.zeros_like(filled))  # (B, K)
+    # risk[b, k, j]: response j counts in the denominator of response k (ranked at or below it, and real)
+    risk = (ranks[:, None, :] >= ranks[:, :, None]) & mask[:, None, :]  # (B, K, K)
+    at_or_below = filled[:, None, :].expand(-1, K, -1)  # (B, K, K)
+    denominators = torch.where(risk, at_or_below, torch.finfo(rewards.dtype).min).logsumexp(-1)  # (B, K)
+    log_probs = torch.where(mask, filled - denominators, torch.zeros_like(filled))  # (B, K)
     return -log_probs.sum(-1)
 
 

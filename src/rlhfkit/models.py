@@ -18,10 +18,13 @@ import torch
 from rlhfkit.config import LoRAConfig, ModelConfig, TinyArch
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.packages import package_dir
+from rlhfkit.tracking import say
 
 SPECIAL = {"bos_token": "<|bos|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+UNTRAINED_NOTE = ("note: model 'tiny' is an untrained, randomly initialised model; pass a trained model directory "
+                  "(e.g. runs/sentiment-tiny/sft/model)")
 
 
 def cache_dir() -> Path:
@@ -143,14 +146,38 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_causal_lm(cfg: ModelConfig, seed: int = 0, tokenizer: Any = None) -> tuple[Any, Any]:
-    """(model, tokenizer) for a ModelConfig: tiny (random init), smollm2, an HF id or a local path."""
+def looks_like_path(name: str) -> bool:
+    """A name that can only be a local path: `./x`, `../x`, `/x`, `~/x`, or more than one `/` (a Hugging Face id
+    is `name` or `owner/name`)."""
+    return name.startswith((".", "/", "~")) or name.count("/") >= 2 or os.sep != "/" and os.sep in name
+
+
+def resolve_model_name(name: str) -> str:
+    """`smollm2` -> its converted directory; a path-looking name that does not exist fails here, naming it, instead
+    of reaching the Hugging Face hub as a repo id."""
+    if name == "smollm2":
+        return str(smollm2_dir())
+    if looks_like_path(name) and not Path(name).expanduser().exists():
+        hint = " (the demo's models are under runs/sentiment-tiny/ after `make demo`)" if "runs/" in name else ""
+        raise RlhfkitError(f"model directory not found: {name}{hint}")
+    return name
+
+
+def load_causal_lm(cfg: ModelConfig, seed: int = 0, tokenizer: Any = None,
+                   untrained_ok: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) for a ModelConfig: tiny (random init), smollm2, an HF id or a local path.
+
+    `tiny` prints UNTRAINED_NOTE (one line on stderr): fine-tuning or sampling a random model is rarely what was
+    meant. untrained_ok=True where training it from scratch is the point (pretraining): no note.
+    """
     from transformers import AutoModelForCausalLM
 
     if cfg.name == "tiny":
+        if not untrained_ok:
+            say(UNTRAINED_NOTE)
         tokenizer = tokenizer or load_tokenizer(cfg.tokenizer or "gpt2")
         return build_tiny(tokenizer, cfg.tiny, seed).to(_dtype(cfg.dtype)), tokenizer
-    name = str(smollm2_dir()) if cfg.name == "smollm2" else cfg.name
+    name = resolve_model_name(cfg.name)
     kwargs: dict[str, Any] = {"dtype": _dtype(cfg.dtype)}
     if cfg.gguf_file:
         kwargs["gguf_file"] = cfg.gguf_file
@@ -167,6 +194,15 @@ def _gguf_tokenizer(name: str, gguf_file: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(name, gguf_file=gguf_file)
+
+
+def check_lora(model: ModelConfig, lora: LoRAConfig) -> None:
+    """Refuse, before any work, an unmerged LoRA save of `tiny`: the adapter alone loads only on top of its base
+    model (adapter_config.json's base_model_name_or_path), and `tiny` is built in memory, never saved."""
+    if lora.r > 0 and not lora.merge and model.name == "tiny":
+        raise RlhfkitError("--lora.no-merge saves the adapter alone, which loads only on top of its base model, and "
+                           "model 'tiny' is built in memory with no directory to point at: keep --lora.merge, or "
+                           "start from a saved model directory")
 
 
 def apply_lora(model: Any, cfg: LoRAConfig) -> Any:
@@ -187,7 +223,15 @@ def is_peft(model: Any) -> bool:
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: str | Path, merge_lora: bool = True) -> Path:
-    """save_pretrained (safetensors) + tokenizer, written to a temp dir and renamed into place."""
+    """save_pretrained (safetensors) + tokenizer, written to a temp dir and renamed into place.
+
+    The tokenizer is required: every saved directory loads with `AutoTokenizer.from_pretrained` as well as
+    `AutoModel*.from_pretrained`. A LoRA model saved with merge_lora=False is the adapter alone (peft's
+    adapter_config.json + adapter_model.safetensors): it loads with peft's `AutoPeftModelForCausalLM` when its
+    base model (adapter_config.json's base_model_name_or_path) is a directory or id that still loads.
+    """
+    if tokenizer is None:
+        raise ValueError(f"save_model({out_dir}): no tokenizer given; a saved model directory needs its tokenizer")
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if is_peft(model) and merge_lora:
@@ -195,8 +239,7 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path, merge_lora: bool
 
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     return _move_into_place(tmp, out_dir)
 
 

@@ -48,6 +48,27 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
     return format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
+def stage_outcome(stage: dict) -> str:
+    """How a stage ended, in words: "done", or e.g. "stopped by its time limit at step 300 of 800" (a stage
+    row or stage result: {status, step, planned_steps})."""
+    status = stage.get("status", "done")
+    if status == "done":
+        return "done"
+    if status == "time_limit":
+        planned = stage.get("planned_steps")
+        return f"stopped by its time limit at step {stage.get('step', '?')}" + (f" of {planned}" if planned else "")
+    return str(status)
+
+
+def _stages_section(stages: Sequence[dict]) -> dict:
+    """Every stage's time and how it ended; a stage that did not finish its planned steps is called out."""
+    short = [s for s in stages if s.get("status", "done") != "done"]
+    text = [f"{s['name']} {stage_outcome(s)}: the results use that step's model, not the planned last one's."
+            for s in short]
+    return {"heading": "Stages", "text": text, "table": (["stage", "seconds", "status"], [
+        [s["name"], _fmt(s.get("seconds"), ".1f"), stage_outcome(s)] for s in stages])}
+
+
 def _pm(value: Any, se: Any, spec: str = ".3f") -> str:
     return _fmt(value, spec) if se is None else f"{_fmt(value, spec)} ± {_fmt(se, spec)}"
 
@@ -93,8 +114,7 @@ def _sections(results: dict, table: Sequence[dict], plots: dict[str, str]) -> li
     samples = [[s["prompt"], method, text] for s in results.get("samples", [])
                for method, text in s.get("completions", {}).items()]
     sections.append({"heading": "Samples", "table": (["prompt", "method", "completion"], samples)})
-    sections.append({"heading": "Stages", "table": (["stage", "seconds", "status"], [
-        [s["name"], _fmt(s.get("seconds"), ".1f"), str(s.get("status", ""))] for s in results.get("stages", [])])})
+    sections.append(_stages_section(results.get("stages", [])))
     commands = results.get("commands")
     sections.append({"heading": "Command", "code": "\n".join(commands) if isinstance(commands, list) else str(commands or "")})
     return sections
@@ -235,7 +255,7 @@ def write_report(run_dir: str | Path, results: dict) -> dict[str, str]:
     `results` is a plain dict (every key optional except `methods`):
       title: str; preset: str; budget: float, the KL budget (nats) of the per-method table;
       commands: str | list[str], the command(s) that produced the run;
-      stages: [{name, seconds, status}];
+      stages: [{name, seconds, status: "done" | "time_limit", step, planned_steps (training stages)}];
       methods: [{method: "sft" | "dpo" | "ppo" | "ppo_gt" | "preferred_ft" | "unlikelihood" | ..., label: str,
                  seed: int (which --seeds replicate; default 0), beta: float | None,
                  checkpoints: [{step, kl, kl_se, reward, reward_se, length,
@@ -257,6 +277,9 @@ def write_report(run_dir: str | Path, results: dict) -> dict[str, str]:
     plots = _write_plots(results, run_dir)
     title = str(results.get("title") or "rlhfkit report")
     intro = f"preset: {results.get('preset', '—')}; KL budget: {_fmt(results.get('budget'), 'g')} nats"
+    short = [s["name"] for s in results.get("stages", []) if s.get("status", "done") != "done"]
+    if short:
+        intro += f"; stopped short of their planned steps: {', '.join(short)} (see Stages)"
     budget = results.get("budget")
     sections = _sections(results, method_table(methods, math.inf if budget is None else budget), plots)
     (run_dir / "report.html").write_text(_to_html(title, intro, sections), encoding="utf-8")

@@ -99,7 +99,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         tokenizer = load_tokenizer(cfg.model.tokenizer)
     else:
         tokenizer = train_bpe_tokenizer(texts, cfg.vocab_size)  # lengths are rlhfkit's job, not the tokenizer's
-    model, tokenizer = load_causal_lm(cfg.model, seed=cfg.train.seed, tokenizer=tokenizer)
+    model, tokenizer = load_causal_lm(cfg.model, seed=cfg.train.seed, tokenizer=tokenizer, untrained_ok=True)
     train = pack_corpus(tokenizer, texts, cfg.data.max_length)
     held = pack_corpus(tokenizer, [r["text"] for r in eval_recs], cfg.data.max_length)
     say(f"pretrain: {len(train)} blocks of {cfg.data.max_length} tokens, {len(held)} held out, "
@@ -115,8 +115,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     """Fine-tune on response tokens only; returns a summary (held-out loss, truncation counts, paths)."""
     from rlhfkit.loop import finish_stage, fit, make_accelerator
-    from rlhfkit.models import apply_lora, load_causal_lm
+    from rlhfkit.models import apply_lora, check_lora, load_causal_lm
 
+    check_lora(cfg.model, cfg.lora)
     train_recs, eval_recs = load_train_eval(cfg.data, "sft", cfg.train.seed)  # bad data fails before any work
     accelerator = make_accelerator(cfg.train)
     run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)

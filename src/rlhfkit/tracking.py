@@ -5,29 +5,94 @@ Layout of a run directory:
     metrics.jsonl      one JSON object per logged step: {"step": int, "time": float, "<name>": float, ...}
     tb/                TensorBoard event files (same scalars)
     checkpoints/       resumable checkpoints (see rlhfkit.loop)
+    snapshots/         loadable models at chosen steps (see rlhfkit.loop)
     model/             the final model, loadable with AutoModel*.from_pretrained
+    summary.json       the stage's summary, written when it ends
+
+A directory that already holds a run (any of the above but config.yaml) is continued only when asked
+(`--train.resume`); otherwise `Run` refuses it, so two runs are never silently mixed in one directory. An empty
+or missing directory starts a fresh run.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from rlhfkit import config as config_lib
+from rlhfkit.errors import RlhfkitError
+
+RUN_ARTIFACTS = ("checkpoints", "metrics.jsonl", "summary.json", "model", "snapshots", "tb")
+"""What a run leaves in its directory once it has trained (config.yaml alone is not a run: nothing was logged)."""
+
+
+def run_artifacts(out_dir: str | Path) -> list[str]:
+    """The names in RUN_ARTIFACTS present in `out_dir`, in that order ([] for a missing or empty directory)."""
+    path = Path(out_dir)
+    return [name for name in RUN_ARTIFACTS if (path / name).exists()]
+
+
+def refusal(out_dir: str | Path, found: list[str], resume: bool) -> str | None:
+    """The one line that refuses a directory holding `found` (run_artifacts) when not resuming; None: go on."""
+    if not found or resume:
+        return None
+    return (f"{out_dir} already holds a run ({', '.join(found)}); pass --train.resume to continue it, "
+            "or choose another --out")
+
+
+def check_run_dir(out_dir: str | Path, resume: bool) -> list[str]:
+    """Refuse (RlhfkitError) a directory that already holds a run unless `resume`; returns what it holds.
+    Read-only, so a stage may call it before loading anything (`Run` calls it again when opened)."""
+    found = run_artifacts(out_dir)
+    message = refusal(out_dir, found, resume)
+    if message is not None:
+        raise RlhfkitError(message)
+    return found
+
+
+def resume_requested(cfg: Any) -> bool:
+    """`cfg.train.resume` of a stage config (or `cfg.resume` of a TrainConfig); False when it has neither."""
+    return bool(getattr(getattr(cfg, "train", cfg), "resume", False))
+
+
+def from_main(value: Any) -> Any:
+    """`value` as the main process (rank 0) has it, on every process of a distributed run (unchanged otherwise),
+    so that a decision one process takes is every process's."""
+    dist = sys.modules.get("torch.distributed")  # no torch imported: no distributed run
+    if dist is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class Run:
-    """A run directory that metrics are logged to. Only the main process writes."""
+    """A run directory that metrics are logged to. Only the main process checks, creates and writes it.
 
-    def __init__(self, out_dir: str | Path, cfg: Any = None, is_main: bool = True, tensorboard: bool = True):
+    A directory that already holds a run is refused (`check_run_dir`) unless `resume` (default: the config's
+    `train.resume`); every process of a distributed run raises the same error. `existing` lists what the
+    directory held when opened; `planned_steps` is set by the step loop (`rlhfkit.loop.StepLoop`).
+    """
+
+    def __init__(self, out_dir: str | Path, cfg: Any = None, is_main: bool = True, tensorboard: bool = True,
+                 resume: bool | None = None):
         self.dir = Path(out_dir)
         self.is_main = is_main
         self._tb = None
         self._tensorboard = tensorboard
+        self._purge_step: int | None = None
+        self.planned_steps: int | None = None
         self.start = time.time()
+        resume = resume_requested(cfg) if resume is None else resume
+        found = run_artifacts(self.dir) if is_main else []
+        self.existing, refused = from_main((found, refusal(self.dir, found, resume)))  # every process agrees
+        if refused is not None:
+            raise RlhfkitError(refused)
         if is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             if cfg is not None:
@@ -58,15 +123,27 @@ class Run:
             except ImportError:  # tensorboard is a pinned dependency; tolerate its absence in stripped installs
                 self._tensorboard = False
                 return None
-            self._tb = SummaryWriter(str(self.dir / "tb"))
+            # purge_step: TensorBoard hides the earlier events at or after it (a resumed run logs them again)
+            self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=self._purge_step)
         return self._tb
 
+    def resume_at(self, step: int) -> None:
+        """Continue the log after optimizer step `step` (0: from the start): metrics.jsonl rows after it are
+        dropped and TensorBoard's are hidden, since the resumed run logs those steps again."""
+        self.truncate_metrics(step)
+        if (self.dir / "tb").exists():
+            self._purge_step = step + 1
+
     def truncate_metrics(self, last_step: int) -> None:
-        """Drop logged rows after `last_step` (a resumed run re-logs them)."""
+        """Drop logged rows after `last_step` (and a torn last line), atomically: a kill meanwhile leaves the
+        old file whole."""
         if not self.is_main or not self.metrics_path.exists():
             return
-        rows = [r for r in self.metrics_path.read_text().splitlines() if r and json.loads(r)["step"] <= last_step]
-        self.metrics_path.write_text("".join(r + "\n" for r in rows))
+        lines = self.metrics_path.read_text().splitlines()
+        rows = [r for r, step in zip(lines, map(_step_of, lines)) if step is not None and step <= last_step]
+        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
+        tmp.write_text("".join(r + "\n" for r in rows))
+        os.replace(tmp, self.metrics_path)
 
     def write_json(self, name: str, data: Any) -> Path:
         path = self.dir / name
@@ -80,6 +157,14 @@ class Run:
             self._tb = None
 
 
+def _step_of(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a blank or torn one (a kill mid-write)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
@@ -89,6 +174,4 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def say(message: str) -> None:
     """One line of progress for a person following along (stderr keeps stdout for data)."""
-    import sys
-
     print(message, file=sys.stderr, flush=True)

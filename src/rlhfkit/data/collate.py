@@ -21,7 +21,7 @@ class TokenBatch:
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
     loss_mask: torch.Tensor  # (B, T)
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-example tensors, e.g. ref log-probs (B,)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-example (B,), e.g. ref log-probs, ranks
 
     def to(self, device: Any) -> TokenBatch:
         return TokenBatch(

@@ -48,7 +48,15 @@ class TruncationStats:
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
+    """A text's token ids without the tokenizer's own special tokens: BOS is added in `_bos_prefix` and EOS by
+    `encode_pair`, so a tokenizer that appends EOS by itself (a saved reward model's) never gives two."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts a BOS before a text by itself (its special tokens on)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
 
 
 def _bos_prefix(tokenizer: Any, first_ids: list[int]) -> list[int]:
@@ -56,8 +64,7 @@ def _bos_prefix(tokenizer: Any, first_ids: list[int]) -> list[int]:
     bos = tokenizer.bos_token_id
     if bos is None or (first_ids and first_ids[0] == bos):
         return []
-    adds_bos = tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
-    return [bos] if adds_bos else []
+    return [bos] if adds_bos(tokenizer) else []
 
 
 def _segments_to_example(

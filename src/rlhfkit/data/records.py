@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,12 +89,31 @@ def validate(rec: Any, kind: str, where: tuple[str, int | None]) -> dict:
     return rec
 
 
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _validate_ranking(rec: dict, where: tuple[str, int | None]) -> None:
     _text(rec, "prompt", where, allow_empty=True)
     responses = _text_list(rec, "responses", where, min_len=2)
-    ranking = _int_list(rec, "ranking", where)
-    if sorted(ranking) != list(range(len(responses))):
-        raise DataError(*where, f"must be a permutation of 0..{len(responses) - 1}, got {ranking}", "ranking")
+    ranking = rec.get("ranking")
+    if not isinstance(ranking, list):
+        raise DataError(*where, "expected a list of response indices (a tie: a list of indices)", "ranking")
+    for i, item in enumerate(ranking):
+        if isinstance(item, list):
+            if not all(_is_index(v) for v in item):
+                raise DataError(*where, f"item {i}: a tie must list integers, got {item}", "ranking")
+            if len(item) < 2:
+                raise DataError(*where, f"item {i}: a tie lists at least 2 response indices, got {item}", "ranking")
+        elif not _is_index(item):
+            raise DataError(*where, f"item {i}: expected an integer or a list of tied integers, got {item!r}",
+                            "ranking")
+    tiers = ranking_tiers(ranking)
+    if sorted(i for tier in tiers for i in tier) != list(range(len(responses))):
+        raise DataError(*where, f"must be a permutation of 0..{len(responses) - 1} (ties flattened), got {ranking}",
+                        "ranking")
+    if len(tiers) < 2:
+        raise DataError(*where, "every response is tied: the ranking carries no preference", "ranking")
     if "likert" in rec and rec["likert"] is not None:
         likert = _int_list(rec, "likert", where)
         if len(likert) != len(responses) or not all(1 <= s <= 7 for s in likert):
@@ -102,15 +121,26 @@ def _validate_ranking(rec: dict, where: tuple[str, int | None]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- reading
+def _json_error(line: str, err: json.JSONDecodeError) -> str:
+    """What is wrong with one JSONL line (line ending already stripped): the column as an editor counts it, and
+    a hint when the line stops inside a record (a record wrapped over several lines)."""
+    message = f"not valid JSON ({err.msg} at column {err.colno})"
+    if err.pos >= len(line.rstrip()):
+        message += "; the line ends inside a record: JSON Lines needs each record on one line"
+    return message
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[Any, tuple[str, int]]]:
-    with path.open("r", encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark at the start of the file (Windows editors write one) is read away
+    with path.open("r", encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            line = line.rstrip("\r\n")
             try:
                 yield json.loads(line), (str(path), lineno)
             except json.JSONDecodeError as err:
-                raise DataError(str(path), lineno, f"not valid JSON ({err.msg} at column {err.colno})") from None
+                raise DataError(str(path), lineno, _json_error(line, err)) from None
 
 
 def _iter_table(source: str) -> Iterator[tuple[Any, tuple[str, int]]]:
@@ -153,11 +183,24 @@ def read_records(source: str | os.PathLike, kind: str) -> list[dict]:
     return records
 
 
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, empty temporary file beside `path`, opened for writing: (fd, its path). Created with mode 0666
+    minus the umask, as `open(path, "w")` would (tempfile.mkstemp makes 0600 files, private to the owner)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name beside {path}")
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
-    """Write records as JSON Lines atomically (temp file + rename); returns the number written."""
+    """Write records as JSON Lines atomically (temp file + rename); returns the number written. The file gets
+    the mode a plain `open(path, "w")` gives a new file (0666 minus the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     n = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -171,15 +214,24 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     return n
 
 
+def ranking_tiers(ranking: Sequence[int | Sequence[int]]) -> list[list[int]]:
+    """A validated `ranking` as tiers of response indices, best first: each integer is a tier of its own, each
+    list a tie. [2, [0, 1], 3] -> [[2], [0, 1], [3]]."""
+    return [list(item) if isinstance(item, (list, tuple)) else [item] for item in ranking]
+
+
 def ranking_to_pairs(rec: dict) -> list[dict]:
-    """Expand a ranking of K responses into its C(K, 2) preference records (best-first order)."""
-    ordered = [rec["responses"][i] for i in rec["ranking"]]
+    """Expand a ranking into its preference records, best first: every response over every response of a lower
+    tier (C(K, 2) pairs without ties). Tied responses are not a preference, nor are pairs of identical text."""
+    tiers = [[rec["responses"][i] for i in tier] for tier in ranking_tiers(rec["ranking"])]
     label = dict(rec.get("label") or {}, from_ranking=True)
     return [
-        {"prompt": rec["prompt"], "chosen": ordered[i], "rejected": ordered[j], "label": label}
-        for i in range(len(ordered))
-        for j in range(i + 1, len(ordered))
-        if ordered[i] != ordered[j]
+        {"prompt": rec["prompt"], "chosen": chosen, "rejected": rejected, "label": label}
+        for t, better in enumerate(tiers)
+        for chosen in better
+        for worse in tiers[t + 1:]
+        for rejected in worse
+        if chosen != rejected
     ]
 
 
@@ -203,7 +255,7 @@ def detect_kind(source: str | os.PathLike | None, allowed: Sequence[str], fmt: s
             return unreadable
         raise RlhfkitError(f"cannot tell the record kind of '{source}': pass --format {'|'.join(allowed)}")
     lineno, line = 0, ""
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # as the reader: a byte-order mark at the start is read away
         for lineno, line in enumerate(f, start=1):
             if line.strip():
                 break

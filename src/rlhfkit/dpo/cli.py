@@ -46,11 +46,9 @@ def read_beta_kl(run_dir: str) -> tuple[float, float]:
 
 def beta_for_kl_main(argv: list[str]) -> int:
     """Print the fit (slope, intercept, r2, n) and the predicted beta as one JSON object on stdout."""
-    import tyro
-
     from rlhfkit.stats import fit_beta_kl, predict_beta
 
-    args = tyro.cli(BetaForKLArgs, args=argv, prog="rlhfkit eval beta-for-kl")
+    args = config_lib.parse(BetaForKLArgs, argv, prog="rlhfkit eval beta-for-kl")
     points = [read_beta_kl(d) for d in args.runs]
     try:
         fit = fit_beta_kl([b for b, _ in points], [k for _, k in points])

@@ -66,9 +66,13 @@ class Setup:
 def setup(cfg: DPOConfig) -> Setup:
     """Load the policy (+ LoRA), decide how pi_ref is computed, and build the objective from the loss table."""
     from rlhfkit.loop import make_accelerator
-    from rlhfkit.models import apply_lora, load_causal_lm
+    from rlhfkit.models import apply_lora, check_lora, load_causal_lm
+
+    from rlhfkit.tracking import check_run_dir
 
     check_loss_options(cfg)
+    check_lora(cfg.model, cfg.lora)
+    check_run_dir(cfg.out, cfg.train.resume)  # refuse a used --out before loading anything
     accelerator = make_accelerator(cfg.train)
     model, tokenizer = load_causal_lm(cfg.model, seed=cfg.train.seed)
     model = apply_lora(model, cfg.lora).to(accelerator.device)

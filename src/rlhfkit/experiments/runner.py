@@ -6,6 +6,10 @@ rest, the same way for every recipe:
 
 - each stage writes `<dir>/stages/<name>.json` when it finishes; a re-run loads finished stages instead of
   re-running them, and every training stage resumes from its last checkpoint (`Experiment.train_cfg`);
+- a stage file records the stage's real status: "done", or "time_limit" for a training stage its time limit
+  stopped (with the step it reached and the steps it was to reach), shown in its progress line and the report.
+  Such a stage is final too: the limit is a cap the config chose, and the later stages build on its model, so a
+  re-run keeps it rather than training on and leaving those stages built on an older model;
 - `--seeds N` repeats the replicated stages with seeds seed+1 .. seed+N-1 under `<out>/seed<k>/`, each
   replicate reading the shared stages' results through a ChainMap;
 - one progress line per stage, with an ETA from the recipe's per-preset estimates;
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, MutableMapping, Protocol, Sequence, TypeVar
 
 from rlhfkit.config import TrainConfig
+from rlhfkit.report import stage_outcome
 from rlhfkit.tracking import say
 
 
@@ -127,17 +132,22 @@ def run_stage(exp: Experiment[Any], name: str, fn: StageFn, index: int, total: i
     label = name if exp.root is None else f"{name} (seed {exp.cfg.seed})"
     if done_file.exists():
         result = json.loads(done_file.read_text())
-        say(f"[{index}/{total}] {label}: done earlier ({result['seconds']:.0f} s), skipped")
+        say(f"[{index}/{total}] {label}: {stage_outcome(result)} earlier ({result['seconds']:.0f} s), skipped")
         return result
     say(f"[{index}/{total}] {label}: running (est. {exp.estimates.get(name, 0):.0f} s; "
         f"~{remaining / 60:.1f} min left in the experiment)")
     t0 = time.time()
-    result = {"name": name, **fn(exp), "seconds": time.time() - t0, "status": "done"}
+    out = fn(exp)
+    result = {"name": name, **out, "seconds": time.time() - t0, "status": out.get("status", "done")}
     done_file.parent.mkdir(parents=True, exist_ok=True)
     done_file.write_text(json.dumps(result, indent=2))
     if not exp.cfg.keep_checkpoints:
         drop_checkpoints(result)
-    say(f"[{index}/{total}] {label}: finished in {result['seconds']:.0f} s")
+    if result["status"] == "done":
+        say(f"[{index}/{total}] {label}: finished in {result['seconds']:.0f} s")
+    else:
+        say(f"[{index}/{total}] {label}: {stage_outcome(result)} after {result['seconds']:.0f} s; the experiment "
+            "goes on with that step's model (the report says so)")
     return result
 
 
@@ -229,8 +239,13 @@ def command_line(recipe: Recipe[Any], cfg: RunConfig) -> str:
 
 
 def stage_summaries(results: Mapping[str, Any]) -> list[dict]:
-    return [{"name": k, "seconds": v.get("seconds", 0.0), "status": v.get("status", "done")}
-            for k, v in results.items()]
+    """The report's stage rows: name, seconds, status, and for training stages the step reached and planned."""
+    rows = []
+    for k, v in results.items():
+        row = {"name": k, "seconds": v.get("seconds", 0.0), "status": v.get("status", "done")}
+        row.update({key: v[key] for key in ("step", "planned_steps") if isinstance(v.get(key), int)})
+        rows.append(row)
+    return rows
 
 
 def stage_report(exp: Experiment[Any], recipe: Recipe[Any]) -> dict:
@@ -247,7 +262,7 @@ def stage_report(exp: Experiment[Any], recipe: Recipe[Any]) -> dict:
         "samples": samples, **recipe.report(exp, methods),
     }
     paths = report.write_report(exp.dir, results)
-    return {"paths": paths, "findings": results["findings"]}
+    return {"paths": paths, "findings": results["findings"], "stages": results["stages"]}
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
@@ -268,5 +283,8 @@ def main(recipe: Recipe[Any], argv: list[str]) -> int:
 
     for f in result["findings"]:
         say(f"  {verdict(f['reproduced'])}: {f['claim']} ({f['evidence']})")
+    for stage in result.get("stages", []):
+        if stage["status"] != "done":
+            say(f"  note: stage {stage['name']} {stage_outcome(stage)}")
     say(f"report: {result['paths']['html']}")
     return 0

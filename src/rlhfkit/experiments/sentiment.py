@@ -55,7 +55,8 @@ class SentimentConfig:
     """Pretraining optimizer steps (batch 32 x 64 tokens)."""
     pretrain_minutes: float | None = None
     """Stop pretraining after this long even if steps remain (None: no cap; presets set none, so results depend
-    on the seed, never on the machine's speed)."""
+    on the seed, never on the machine's speed). A capped pretraining is reported as stopped by its time limit at
+    the step it reached, everywhere, and a re-run keeps it (the later stages build on it)."""
     sft_steps: int = 150
     """SFT optimizer steps on review (prefix, continuation) pairs."""
     batch_size: int = 32

@@ -16,8 +16,13 @@ solves it for T given the score gaps of your candidates, e.g. on VADER-scored sa
 
     gaps = [abs(a - b) for each candidate pair]; T = temperature_for_agreement(gaps, 0.73)
 
-Ties: pairs whose scores are exactly equal carry no preference and are dropped and counted (VADER gives exactly 0
-to many short completions); a ranking with any tied scores is dropped and counted.
+Ties (VADER gives exactly 0 to many short completions). Pairs: a pair whose scores are exactly equal carries no
+preference and is dropped, at any temperature (counted: `ties_dropped`). Rankings: at T = 0 responses of equal
+score form a tied group, `"ranking": [2, [0, 1], 3]` (docs/formats.md); at T > 0 equal scores get independent
+Gumbel noise, so the sampled ranking orders them uniformly at random, as the Plackett-Luce model does. Either way
+the record is kept and counted (`rankings_with_ties`); only a record whose responses all score the same carries
+no preference and is dropped (counted: `ties_dropped`). Responses repeating an earlier text of the same record are
+dropped first (counted: `identical_dropped`), as in pairs, so a repeat is not counted as a tie.
 """
 
 from __future__ import annotations
@@ -48,12 +53,23 @@ def noisy_preference(score_a: float, score_b: float, temperature: float, rng: ra
 
 
 def noisy_ranking(scores: list[float], temperature: float, rng: random.Random) -> list[int]:
-    """Indices best first: a Plackett-Luce sample with utilities s / T (Gumbel-max trick); T = 0 sorts by score."""
+    """Indices best first: a Plackett-Luce sample with utilities s / T (Gumbel-max trick); T = 0 sorts by score.
+
+    Every response gets its own noise, so at T > 0 responses of equal score come out in a uniformly random order;
+    at T = 0 they keep their input order (a stable sort; `tied_ranking` groups them instead)."""
     if temperature == 0:
         keys = list(scores)
     else:
         keys = [s / temperature - math.log(-math.log(rng.random() or 1e-300)) for s in scores]
     return sorted(range(len(scores)), key=lambda i: -keys[i])
+
+
+def tied_ranking(scores: list[float]) -> list[int | list[int]]:
+    """Indices best first, responses of exactly equal score as one tied group (a list, in input order), in the
+    `ranking` form of docs/formats.md: scores [1, 3, 1, 0] -> [1, [0, 2], 3]."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    tiers = [list(tier) for _, tier in itertools.groupby(order, key=lambda i: scores[i])]
+    return [tier if len(tier) > 1 else tier[0] for tier in tiers]
 
 
 def expected_agreement(gaps: list[float], temperature: float) -> float:
@@ -103,18 +119,28 @@ def _pair_records(cand: dict, scores: list[float], temperature: float, rng, labe
 
 
 def _ranking_record(cand: dict, scores: list[float], temperature: float, rng, label: dict, counts: Counter):
-    """One ranking of the non-empty responses (empty ones are left out and counted); ties drop the record."""
-    kept = [i for i, r in enumerate(cand["responses"]) if r.strip()]
-    counts["empty_dropped"] += len(cand["responses"]) - len(kept)
-    cand, scores = dict(cand, responses=[cand["responses"][i] for i in kept]), [scores[i] for i in kept]
+    """One ranking of the distinct non-empty responses (empty ones and repeats of an earlier text are left out
+    and counted). Equal scores: a tied group at T = 0, a random order at T > 0 (counted either way); a record
+    whose responses all score the same is dropped and counted."""
+    kept: dict[str, float] = {}  # text -> score, first copy only, in order
+    for text, score in zip(cand["responses"], scores):
+        if not text.strip():
+            counts["empty_dropped"] += 1  # a policy may answer with EOS at once; an empty text cannot be ranked
+        elif text in kept:
+            counts["identical_dropped"] += 1  # the same text twice: not a tie, a repeat
+        else:
+            kept[text] = score
+    responses, scores = list(kept), list(kept.values())
     if len(kept) < 2:
         counts["too_few_responses"] += 1
         return []
-    if len(set(scores)) < len(scores):
-        counts["ties_dropped"] += 1
+    if len(set(scores)) == 1:
+        counts["ties_dropped"] += 1  # every response tied: no preference to express
         return []
-    ranking = noisy_ranking(scores, temperature, rng)
-    return [{"prompt": cand["prompt"], "responses": list(cand["responses"]), "ranking": ranking,
+    if len(set(scores)) < len(scores):
+        counts["rankings_with_ties"] += 1
+    ranking = tied_ranking(scores) if temperature == 0 else noisy_ranking(scores, temperature, rng)
+    return [{"prompt": cand["prompt"], "responses": responses, "ranking": ranking,
              "label": dict(label, scores=scores)}]
 
 
@@ -129,7 +155,8 @@ def label_candidates(
 ) -> tuple[list[dict], Counter]:
     """Preference (mode="pairs") or ranking records for every candidate record, with provenance on each:
     {"source", "labeler", "time" (ISO UTC), "temperature", "seed", "policy", "scores"} (scores of chosen and
-    rejected, or of the responses in their given order). Returns (records, counts)."""
+    rejected, or of the responses in their given order). Returns (records, counts): what was dropped (the
+    module docstring says when) and, for rankings, `rankings_with_ties` (records kept whose scores tie)."""
     if mode not in ("pairs", "rankings"):
         raise ValueError(f"mode must be 'pairs' or 'rankings', got {mode!r}")
     if temperature < 0:
@@ -137,6 +164,8 @@ def label_candidates(
     rng = random.Random(seed)
     time = datetime.now(timezone.utc).isoformat(timespec="seconds")
     counts: Counter = Counter(candidates=len(candidates), ties_dropped=0)
+    if mode == "rankings":
+        counts.update(empty_dropped=0, identical_dropped=0, rankings_with_ties=0)
     records: list[dict] = []
     build = _pair_records if mode == "pairs" else _ranking_record
     for cand, scores in zip(candidates, _all_scores(candidates, scorer, labeler_name)):
@@ -164,9 +193,9 @@ class AutoLabelArgs:
 
 
 def main(argv: list[str]) -> int:
-    import tyro
+    from rlhfkit.config import parse
 
-    args = tyro.cli(AutoLabelArgs, args=argv)
+    args = parse(AutoLabelArgs, argv, prog="rlhfkit label auto")
     scorer = make_scorer(args.judge)
     candidates = read_records(args.candidates, "candidates")
     records, counts = label_candidates(

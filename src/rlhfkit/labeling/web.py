@@ -14,6 +14,7 @@ from typing import Literal
 
 import tyro
 
+from rlhfkit.config import parse
 from rlhfkit.errors import DataError, RlhfkitError
 
 DEFAULT_DB = "sqlite:///labels.db"
@@ -75,7 +76,7 @@ def load_candidates(engine, path: Path) -> int:
 
 
 def serve_main(argv: list[str]) -> int:
-    args = tyro.cli(ServeArgs, args=argv)
+    args = parse(ServeArgs, argv, prog="rlhfkit label serve")
     import uvicorn
 
     from rlhfkit.labeling.webapp.app import create_app
@@ -96,7 +97,7 @@ def serve_main(argv: list[str]) -> int:
 
 
 def add_labeler_main(argv: list[str]) -> int:
-    args = tyro.cli(AddLabelerArgs, args=argv)
+    args = parse(AddLabelerArgs, argv, prog="rlhfkit label add-labeler")
     from rlhfkit.labeling.webapp.db import add_labeler, open_db
 
     token = add_labeler(open_db(args.db), args.name, is_admin=args.admin)
@@ -106,7 +107,7 @@ def add_labeler_main(argv: list[str]) -> int:
 
 
 def export_main(argv: list[str]) -> int:
-    args = tyro.cli(ExportArgs, args=argv)
+    args = parse(ExportArgs, argv, prog="rlhfkit label export")
     from rlhfkit.data import write_jsonl
     from rlhfkit.labeling.webapp.db import open_db
     from rlhfkit.labeling.webapp.export import export_records

@@ -62,8 +62,10 @@ def build_trainer(cfg: PPOConfig, accelerator: Any) -> Trainer:
 def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
     """Train; returns a summary (first/last score and KL, final beta, timings, paths)."""
     from rlhfkit.loop import StepLoop, finish_stage, make_accelerator
+    from rlhfkit.models import check_lora
 
     check_config(cfg)
+    check_lora(cfg.model, cfg.lora)
     accelerator = make_accelerator(cfg.train)
     run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)
     tr = build_trainer(cfg, accelerator)

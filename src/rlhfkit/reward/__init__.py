@@ -7,9 +7,10 @@ exactly as in SFT (`rlhfkit.data.encode_pair`, EOS appended), and the reward is 
 the EOS (InstructGPT sec. 3.5). Losses (docs/design.md, `rlhfkit.losses`):
 
     Bradley-Terry    loss(x) = 1/C(K,2) * sum_{i<j} -log sigma(r(x, y_i) - r(x, y_j) - m_ij)   (InstructGPT eq. 1)
-    Plackett-Luce    loss(x) = -sum_k log( exp r_k / sum_{j>=k} exp r_j )
+    Plackett-Luce    loss(x) = -sum_k log( exp r_k / sum_{j: rank_j >= rank_k} exp r_j )
 
-with responses best first. All C(K, 2) pairs of one prompt live in the same batch: each of the K responses
+with responses best first; pairs of tied responses (equal rank) are left out of Bradley-Terry, and a tied group
+shares one Plackett-Luce denominator (Breslow's approximation). All C(K, 2) pairs of one prompt live in the same batch: each of the K responses
 goes through the model once and the pairs are formed from the K rewards (InstructGPT: K forward passes, not
 C(K, 2) * 2). A preference pair is the case K = 2. `batch_size` counts prompts (groups), not pairs. By default
 a group is also one row (`rlhfkit.data.packing`): the prompt runs once and the K responses follow it under a 4D
@@ -19,7 +20,9 @@ response).
 Departures from the paper / from Hugging Face:
 - transformers' sequence-classification models pick the rightmost token that is not `pad_token_id`; when
   pad == eos (most causal LMs) that skips the EOS we want. `reward_at_last_token` runs the trunk, finds the last
-  real token from the attention mask (left or right padding) and applies the `score` head there.
+  real token from the attention mask (left or right padding) and applies the `score` head there. A saved reward
+  model is made to read right in plain transformers too: its tokenizer appends the EOS and pads with a token of
+  its own (docs/formats.md, "Reward-model directories").
 - Encoders (BERT-like, e.g. all-MiniLM-L6-v2) have no `score` head: their own classification forward pools the
   first ([CLS]) token, which attends to the whole text in both directions; we use it as is, right-aligned.
 - The optional margin m_ij = margin * max(0, likert_i - likert_j) (Llama 2's margin from rating gaps) is taken

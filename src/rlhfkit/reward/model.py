@@ -3,10 +3,16 @@
 Loading (a fresh head on a trunk, or a model saved by `rm train`), saving (with the reward normalisation and the
 tokenisation lengths in its config), and the forward passes that read rewards from right-/left-padded rows
 (`reward_at_last_token`) or from shared-prefix rows (`packed_rewards`, `rlhfkit.data.packing`).
+
+A reward model rlhfkit trains carries a tokenizer that ends every text with EOS and pads with a token other
+than EOS (`tokenizer_for_transformers`), so the saved directory scores the ordinary transformers way —
+`model(**tok(prompt, response, return_tensors="pt")).logits[0, 0]`, padded batches too — exactly as rlhfkit
+does (docs/formats.md). rlhfkit itself tokenises with add_special_tokens=False and appends the EOS once.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +92,10 @@ class RewardModel(torch.nn.Module):
             return packed_rewards(self.model, batch)
         return reward_at_last_token(self.model, batch.input_ids, batch.attention_mask)
 
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """Save the wrapped sequence-classification model (what a snapshot of a reward model is)."""
+        self.model.save_pretrained(save_directory, **kwargs)
+
 
 # ------------------------------------------------------------------------------------------ loading, saving
 def reward_tokenizer(tokenizer: Any) -> Any:
@@ -101,42 +111,106 @@ def reward_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
+def distinct_pad(model: Any, tokenizer: Any) -> Any:
+    """A tokenizer that pads with a token other than EOS, and model.config.pad_token_id set to it.
+
+    transformers' sequence-classification forward reads the score at the last token that is not pad_token_id;
+    with pad == eos (most causal LMs) that skips the EOS the reward is read at. Such a tokenizer is copied with
+    a new pad token (rlhfkit.models.SPECIAL's), and the model's embeddings grow by a row when that id has none.
+    """
+    from rlhfkit.models import SPECIAL
+
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.add_special_tokens({"pad_token": SPECIAL["pad_token"]})
+        if tokenizer.pad_token_id >= model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(tokenizer.pad_token_id + 1, mean_resizing=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer
+
+
+def appends_eos(tokenizer: Any) -> bool:
+    """Whether the tokenizer ends a text with its EOS by itself (its special tokens on)."""
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[-1] == tokenizer.eos_token_id
+
+
+def eos_appending(tokenizer: Any) -> Any:
+    """A copy of a fast tokenizer whose plain call encodes what `rlhfkit.data.encode_pair` does: its own BOS (when
+    it adds one), the text, then EOS. `tok(prompt, response)` tokenises the two texts apart and joins them, as
+    encode_pair does. The rule is the tokenizer's post-processor, so it is saved in tokenizer.json.
+
+    Tokenizers that already end a text with EOS (encoders, whose EOS is [SEP]) are returned as they are, and so
+    are slow (Python) tokenizers, which have no post-processor to set.
+    """
+    from tokenizers import processors
+
+    from rlhfkit.data.encode import adds_bos
+
+    if appends_eos(tokenizer) or not getattr(tokenizer, "is_fast", False):
+        return tokenizer
+    bos = [tokenizer.bos_token] if adds_bos(tokenizer) else []
+    eos = tokenizer.eos_token
+    out = copy.deepcopy(tokenizer)
+    out.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=[*bos, "$A", eos], pair=[*bos, "$A", "$B", eos],
+        special_tokens=[(t, tokenizer.convert_tokens_to_ids(t)) for t in {*bos, eos}])
+    return out
+
+
+def tokenizer_for_transformers(model: Any, tokenizer: Any) -> Any:
+    """The tokenizer to train and save a reward model with: `distinct_pad`, then `eos_appending`, so that
+    transformers' own forward on `tok(prompt, response)` reads the score at the EOS, as rlhfkit does. May add a
+    pad token (and an embedding row) to the model; sets model.config.pad_token_id."""
+    return eos_appending(distinct_pad(model, tokenizer))
+
+
 def load_reward_model(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
-    """(AutoModelForSequenceClassification with one label, tokenizer) for a ModelConfig; the head is new."""
+    """(AutoModelForSequenceClassification with one label, tokenizer) for a ModelConfig; the head is new. The
+    tokenizer is already the one the model is saved with (`tokenizer_for_transformers`), so snapshots are
+    complete too."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhfkit.models import build_tiny, load_tokenizer, smollm2_dir
+    from rlhfkit.models import UNTRAINED_NOTE, build_tiny, load_tokenizer, resolve_model_name
+    from rlhfkit.tracking import say
 
     torch.manual_seed(seed)  # the freshly initialised head is seeded too
     if cfg.name == "tiny":
+        say(UNTRAINED_NOTE)
         tokenizer = reward_tokenizer(load_tokenizer(cfg.tokenizer or "gpt2"))
         lm_config = build_tiny(tokenizer, cfg.tiny, seed).config
         lm_config.num_labels = 1
         model = AutoModelForSequenceClassification.from_config(lm_config)
     else:
-        name = str(smollm2_dir()) if cfg.name == "smollm2" else cfg.name
+        name = resolve_model_name(cfg.name)
         kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
         try:
             model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, **kwargs)
         except (OSError, ValueError) as err:
             raise RlhfkitError(f"could not load a reward-model trunk from '{name}': {err}") from None
         tokenizer = reward_tokenizer(load_tokenizer(cfg.tokenizer or name))
-    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer = tokenizer_for_transformers(model, tokenizer)
     return model.to(DTYPES[cfg.dtype]), tokenizer
 
 
 def save_reward_model(model: Any, tokenizer: Any, out_dir: str | Path, norm: dict, encoding: dict) -> Path:
-    """save_pretrained with the reward normalisation and the tokenisation lengths in the model's config."""
+    """save_pretrained with the reward normalisation and the tokenisation lengths in the model's config, and the
+    tokenizer that makes transformers' own forward score like rlhfkit (`tokenizer_for_transformers`)."""
     from rlhfkit.models import save_model
+    from rlhfkit.tracking import say
 
+    tokenizer = tokenizer_for_transformers(model, tokenizer)
+    if not appends_eos(tokenizer):
+        say(f"rm: note: this slow tokenizer cannot append EOS by itself; to score {out_dir} with plain "
+            "transformers, append tokenizer.eos_token to each response")
     model.config.rlhfkit_reward_norm = dict(norm)
     model.config.rlhfkit_encoding = dict(encoding)
-    model.config.pad_token_id = tokenizer.pad_token_id
     return save_model(model, tokenizer, out_dir)
 
 
 def load_saved_reward_model(path: str | Path) -> tuple[Any, Any]:
-    """A reward model saved by `rm train` (or any 1-label sequence-classification dir), in eval mode."""
+    """A reward model saved by `rm train` (or any 1-label sequence-classification dir), in eval mode. The
+    tokenizer is used as saved: rlhfkit's encoding appends the EOS itself whether or not the tokenizer would."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:

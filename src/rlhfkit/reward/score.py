@@ -33,7 +33,7 @@ class RMEvalConfig:
     model: str = "runs/rm/model"
     """Saved reward-model directory."""
     data: str = ""
-    """Preferences or rankings JSONL (every C(K,2) pair of a ranking counts)."""
+    """Preferences or rankings JSONL (every C(K,2) pair of a ranking counts, except tied pairs)."""
     format: Literal["auto", "preferences", "rankings"] = "auto"
     """Record kind of `data`; `auto` reads it from the first record."""
     batch_size: int = 16
@@ -139,22 +139,28 @@ def load_reward_scorer(path: str | Path, normalize: bool = True, batch_size: int
 
 
 # ------------------------------------------------------------------------------------------------ reports
-def pairs_from_groups(group_rewards: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
-    """(chosen, rejected) rewards of every pair i < j of every best-first group."""
+def pairs_from_groups(group_rewards: Sequence[Sequence[float]],
+                      group_ranks: Sequence[Sequence[int]] | None = None) -> tuple[list[float], list[float]]:
+    """(chosen, rejected) rewards of every pair i < j of every best-first group whose ranks differ (tied
+    responses are no pair); group_ranks: each group's ranks (0 = best), None: no ties."""
     chosen, rejected = [], []
-    for rewards in group_rewards:
+    for g, rewards in enumerate(group_rewards):
+        ranks = group_ranks[g] if group_ranks is not None else range(len(rewards))
         for i in range(len(rewards)):
             for j in range(i + 1, len(rewards)):
-                chosen.append(rewards[i])
-                rejected.append(rewards[j])
+                if ranks[i] < ranks[j]:
+                    chosen.append(rewards[i])
+                    rejected.append(rewards[j])
     return chosen, rejected
 
 
-def pair_report(group_rewards: Sequence[Sequence[float]], bins: int = 5) -> dict[str, Any]:
-    """Held-out pairwise accuracy, mean margin and calibration table (rlhfkit.stats) over all pairs."""
+def pair_report(group_rewards: Sequence[Sequence[float]], bins: int = 5,
+                group_ranks: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+    """Held-out pairwise accuracy, mean margin and calibration table (rlhfkit.stats) over all pairs of
+    responses ranked apart (group_ranks: each group's ranks, tied responses sharing one; None: no ties)."""
     from rlhfkit.stats import calibration_table, pairwise_accuracy
 
-    chosen, rejected = pairs_from_groups(group_rewards)
+    chosen, rejected = pairs_from_groups(group_rewards, group_ranks)
     if not chosen:
         return {}
     return {**pairwise_accuracy(chosen, rejected), "calibration": calibration_table(chosen, rejected, bins)}
@@ -180,7 +186,8 @@ def run_rm_eval(cfg: RMEvalConfig) -> dict[str, Any]:
     encoding = getattr(model.config, "rlhfkit_encoding", None) or DEFAULT_ENCODING
     data = DataConfig(max_length=encoding["max_length"], max_prompt_length=encoding["max_prompt_length"])
     groups, stats = encode_groups(tokenizer, read_records(cfg.data, kind), data)
-    report = pair_report(score_groups(model, groups, tokenizer.pad_token_id, cfg.batch_size), cfg.calibration_bins)
+    rewards = score_groups(model, groups, tokenizer.pad_token_id, cfg.batch_size)
+    report = pair_report(rewards, cfg.calibration_bins, [g.ranks for g in groups])
     report = {**report, "data": stats.as_dict(), "model": str(cfg.model), "file": cfg.data}
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)

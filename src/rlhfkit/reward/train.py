@@ -2,7 +2,9 @@
 minimises, and the stage that trains, evaluates on held-out pairs, measures the reward normalisation and saves.
 
 The loss is chosen by a table lookup (`RANKING_LOSSES`); every entry maps a best-first reward table (G, K), its
-mask (G, K), the Likert table (G, K) (nan where unknown) and the margin to per-prompt losses (G,).
+mask (G, K), the rank table (G, K) (0 = best; tied responses share a rank), the Likert table (G, K) (nan where
+unknown) and the margin to per-prompt losses (G,). A pair of tied responses is not a preference: Bradley-Terry and
+the pair metrics skip it; Plackett-Luce gives tied responses one denominator (Breslow, `losses.plackett_luce_loss`).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ class RMConfig:
     """Preferences or rankings (JSONL) and the length policy for prompt + response."""
     format: Literal["auto", "preferences", "rankings"] = "auto"
     """Record kind of data.train / data.eval; `auto` reads it from the first JSONL record."""
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="runs/sft/model"))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="runs/sentiment-tiny/sft/model"))
     """Trunk: the SFT model directory (default), `tiny` (random), `smollm2`, any causal LM or encoder dir / id."""
     loss: Literal["bt", "pl"] = "bt"
-    """`bt`: Bradley-Terry, mean over the C(K,2) pairs of each prompt; `pl`: Plackett-Luce listwise."""
+    """`bt`: Bradley-Terry, mean over the C(K,2) pairs of each prompt (tied pairs skipped); `pl`: Plackett-Luce
+    listwise (ties: Breslow)."""
     margin: float = 0.0
     """Bradley-Terry margin per Likert point: m = margin * max(0, likert_chosen - likert_rejected); 0: none."""
     norm_reference: str | None = None
@@ -60,49 +63,62 @@ class RMConfig:
 # ------------------------------------------------------------------------------------------------ batches
 def collate_groups(groups: Sequence[Group], pad_id: int, shared_prefix: bool = False) -> TokenBatch | PrefixBatch:
     """Flatten groups into one right-padded TokenBatch (N = sum of K, T); extras give each row's group index,
-    its rank within the group (0 = best) and its Likert score (nan when absent), all (N,).
-    shared_prefix: one PrefixBatch row per group instead (prompt once, then its K responses); extras["likert"]
-    is then the (B, K) best-first table."""
+    its position within the group (0 = first, best), its rank (0 = best; tied responses share one) and its
+    Likert score (nan when absent), all (N,).
+    shared_prefix: one PrefixBatch row per group instead (prompt once, then its K responses); extras["rank"]
+    and extras["likert"] are then (B, K) best-first tables (rank K and nan where a group has no response)."""
     if shared_prefix:
         batch = pack_groups([g.examples for g in groups], pad_id)
         K = batch.lengths.shape[0]
+        batch.extras["rank"] = torch.tensor(
+            [[g.ranks[k] if k < len(g.ranks) else K for k in range(K)] for g in groups])  # (B, K)
         batch.extras["likert"] = torch.tensor(
             [[g.likert[k] if g.likert and k < len(g.likert) else math.nan for k in range(K)] for g in groups],
             dtype=torch.float32)  # (B, K)
         return batch
     batch = collate([e for g in groups for e in g.examples], pad_id, "right")
     batch.extras["group"] = torch.tensor([gi for gi, g in enumerate(groups) for _ in g.examples])  # (N,)
-    batch.extras["rank"] = torch.tensor([k for g in groups for k in range(len(g.examples))])  # (N,)
+    batch.extras["position"] = torch.tensor([k for g in groups for k in range(len(g.examples))])  # (N,)
+    batch.extras["rank"] = torch.tensor([r for g in groups for r in g.ranks])  # (N,)
     batch.extras["likert"] = torch.tensor(
         [g.likert[k] if g.likert else math.nan for g in groups for k in range(len(g.examples))],
         dtype=torch.float32)  # (N,)
     return batch
 
 
-def group_table(values: torch.Tensor, group: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scatter per-response values (N,) into a best-first table (G, K) and its mask (G, K) bool."""
-    G, K = int(group.max()) + 1, int(rank.max()) + 1
-    table = values.new_zeros((G, K)).index_put((group, rank), values)  # (G, K), keeps the gradient
+def group_table(values: torch.Tensor, group: torch.Tensor,
+                position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scatter per-response values (N,) into a best-first table (G, K) and its mask (G, K) bool: value n goes
+    to row group[n], column position[n]; cells no response fills are 0 (False in the mask)."""
+    G, K = int(group.max()) + 1, int(position.max()) + 1
+    table = values.new_zeros((G, K)).index_put((group, position), values)  # (G, K), keeps the gradient
     mask = torch.zeros((G, K), dtype=torch.bool, device=values.device).index_put(
-        (group, rank), torch.ones_like(group, dtype=torch.bool))  # (G, K)
+        (group, position), torch.ones_like(group, dtype=torch.bool))  # (G, K)
     return table, mask
 
 
 # ------------------------------------------------------------------------------------------------- losses
-RankingLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]  # -> (G,)
+RankingLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]  # (G,)
 
 
-def _pairs(rewards: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Columns i < j of every pair of a best-first table (C,) each, and the pair mask (G, C)."""
-    K = rewards.shape[1]
-    i, j = torch.triu_indices(K, K, offset=1, device=rewards.device)  # (C,) each: every pair, better first
-    return i, j, mask[:, i] & mask[:, j]
+def default_ranks(mask: torch.Tensor) -> torch.Tensor:
+    """(G, K) ranks of a table without ties: each column's index, 0 = best."""
+    return torch.arange(mask.shape[1], device=mask.device).expand(mask.shape)
 
 
-def bradley_terry_ranking_loss(rewards: torch.Tensor, mask: torch.Tensor, likert: torch.Tensor | None,
-                               margin: float) -> torch.Tensor:
-    """Bradley-Terry averaged over each prompt's valid pairs i < j; likert gives the margin. -> (G,)."""
-    i, j, pair_mask = _pairs(rewards, mask)
+def _pairs(mask: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Columns i < j of every pair of a best-first table (C,) each, and the pair mask (G, C): both responses
+    real and ranked apart (a tied pair is no preference)."""
+    K = mask.shape[1]
+    i, j = torch.triu_indices(K, K, offset=1, device=mask.device)  # (C,) each: every pair, better first
+    return i, j, mask[:, i] & mask[:, j] & (ranks[:, i] < ranks[:, j])
+
+
+def bradley_terry_ranking_loss(rewards: torch.Tensor, mask: torch.Tensor, ranks: torch.Tensor,
+                               likert: torch.Tensor | None, margin: float) -> torch.Tensor:
+    """Bradley-Terry averaged over each prompt's valid pairs i < j of different rank; likert gives the margin.
+    -> (G,)."""
+    i, j, pair_mask = _pairs(mask, ranks)
     pair_margin = None
     if margin and likert is not None:
         pair_margin = margin * (likert[:, i] - likert[:, j]).nan_to_num(0.0).clamp(min=0.0)  # (G, C)
@@ -111,14 +127,15 @@ def bradley_terry_ranking_loss(rewards: torch.Tensor, mask: torch.Tensor, likert
 
 RANKING_LOSSES: dict[str, RankingLoss] = {
     "bt": bradley_terry_ranking_loss,
-    "pl": lambda rewards, mask, likert, margin: plackett_luce_loss(rewards, mask),
+    "pl": lambda rewards, mask, ranks, likert, margin: plackett_luce_loss(rewards, mask, ranks),
 }
 
 
 @torch.no_grad()
-def _pair_metrics(rewards: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Mean rewards of the better / worse side, accuracy (ties count half) and margin over all valid pairs."""
-    i, j, pair_mask = _pairs(rewards, mask)
+def _pair_metrics(rewards: torch.Tensor, mask: torch.Tensor, ranks: torch.Tensor) -> dict[str, float]:
+    """Mean rewards of the better / worse side, accuracy (equal rewards count half) and margin over all valid
+    pairs (tied responses are no pair)."""
+    i, j, pair_mask = _pairs(mask, ranks)
     chosen, rejected = rewards[:, i], rewards[:, j]  # (G, C)
     gap = chosen - rejected  # (G, C)
     right = (gap > 0).float() + 0.5 * (gap == 0).float()  # (G, C)
@@ -130,37 +147,42 @@ def _pair_metrics(rewards: torch.Tensor, mask: torch.Tensor) -> dict[str, float]
 
 def ranking_losses(
     rewards: torch.Tensor, mask: torch.Tensor, loss: str = "bt", likert: torch.Tensor | None = None,
-    margin: float = 0.0,
+    margin: float = 0.0, ranks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-prompt loss (G,) from a best-first reward table (G, K) with mask (G, K); see the package docstring.
 
-    `loss` names an entry of RANKING_LOSSES (`bt`: Bradley-Terry averaged over each prompt's valid pairs i < j;
-    `pl`: Plackett-Luce). likert (G, K), nan where unknown, gives the margin. Metrics are over all valid pairs
-    (ties count half in the accuracy).
+    `loss` names an entry of RANKING_LOSSES (`bt`: Bradley-Terry averaged over each prompt's valid pairs i < j
+    of different rank; `pl`: Plackett-Luce, ties by Breslow). likert (G, K), nan where unknown, gives the
+    margin. ranks (G, K): 0 = best, tied responses share one; None: no ties (each column its own rank).
+    Metrics are over all valid pairs (equal rewards count half in the accuracy).
     """
     if loss not in RANKING_LOSSES:
         raise ValueError(f"unknown reward-model loss {loss!r}; expected {' or '.join(map(repr, RANKING_LOSSES))}")
-    losses = RANKING_LOSSES[loss](rewards, mask, likert, margin)  # (G,)
-    return losses, _pair_metrics(rewards, mask)
+    ranks = default_ranks(mask) if ranks is None else ranks
+    losses = RANKING_LOSSES[loss](rewards, mask, ranks, likert, margin)  # (G,)
+    return losses, _pair_metrics(rewards, mask, ranks)
 
 
-def reward_table(model: Any, batch: TokenBatch | PrefixBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rewards of a batch of groups as best-first tables: rewards (G, K), mask (G, K) bool, likert (G, K)."""
+def reward_table(model: Any, batch: TokenBatch | PrefixBatch) -> tuple[torch.Tensor, ...]:
+    """Rewards of a batch of groups as best-first tables: rewards (G, K), mask (G, K) bool, ranks (G, K) long,
+    likert (G, K)."""
     rewards = model(batch)
     if isinstance(batch, PrefixBatch):  # (K, G): side k of group g
-        return rewards.T, (batch.lengths > 0).T, batch.extras["likert"].to(rewards.dtype)
-    group, rank = batch.extras["group"], batch.extras["rank"]
-    table, mask = group_table(rewards, group, rank)  # (G, K)
-    likert, _ = group_table(batch.extras["likert"].to(rewards.dtype), group, rank)  # (G, K)
-    return table, mask, likert
+        return (rewards.T, (batch.lengths > 0).T, batch.extras["rank"],
+                batch.extras["likert"].to(rewards.dtype))
+    group, position = batch.extras["group"], batch.extras["position"]
+    table, mask = group_table(rewards, group, position)  # (G, K)
+    ranks, _ = group_table(batch.extras["rank"], group, position)  # (G, K)
+    likert, _ = group_table(batch.extras["likert"].to(rewards.dtype), group, position)  # (G, K)
+    return table, mask, ranks, likert
 
 
 def reward_objective(loss: str = "bt", margin: float = 0.0) -> Callable[[Any, TokenBatch | PrefixBatch], tuple]:
     """The objective `loop.fit` minimises: each response scored once, pairs formed from the K rewards."""
 
     def objective(model: Any, batch: TokenBatch | PrefixBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        table, mask, likert = reward_table(model, batch)  # (G, K) each
-        losses, metrics = ranking_losses(table, mask, loss, likert, margin)  # (G,)
+        table, mask, ranks, likert = reward_table(model, batch)  # (G, K) each
+        losses, metrics = ranking_losses(table, mask, loss, likert, margin, ranks)  # (G,)
         return losses.mean(), metrics
 
     return objective
@@ -205,24 +227,26 @@ def run_rm_train(cfg: RMConfig) -> dict[str, Any]:
     _check_margin(cfg, train)
     split = split_summary(train_recs, eval_recs)
     say(f"rm: {len(train)} records of {split['train_prompts']} prompts / {sum(len(g.examples) for g in train)} "
-        f"responses to train on ({stats.truncation.summary()}; {stats.duplicates} repeated responses and "
-        f"{stats.too_few} records with < 2 responses dropped), {len(held)} records of {split['eval_prompts']} "
-        "prompts held out")
+        f"responses to train on ({stats.truncation.summary()}; {stats.duplicates} repeated responses, "
+        f"{stats.too_few} records with < 2 responses and {stats.all_tied} with every response tied dropped), "
+        f"{len(held)} records of {split['eval_prompts']} prompts held out")
     pad = tokenizer.pad_token_id
     shared = cfg.shared_prefix and supports_packing(model)
+    encoding = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length}
+    model.config.rlhfkit_encoding = encoding  # snapshots carry the training lengths too
     rm = RewardModel(model)
     result = fit(reward_objective(cfg.loss, cfg.margin), rm, train, lambda gs: collate_groups(gs, pad, shared),
-                 cfg.train, cfg.optim, run, accelerator, eval_examples=held or None)
+                 cfg.train, cfg.optim, run, accelerator, eval_examples=held or None, tokenizer=tokenizer)
     model = accelerator.unwrap_model(rm).model
     held_rewards = score_groups(model, held, pad, cfg.train.batch_size) if held else []
-    report = pair_report(held_rewards, cfg.calibration_bins)
+    report = pair_report(held_rewards, cfg.calibration_bins, [g.ranks for g in held])
     norm = _norm_for(cfg, model, tokenizer, held_rewards, train, cfg.train.batch_size)
-    summary = {"step": result.step, "status": result.status, "held_out": report, "reward_norm": norm,
+    summary = {"step": result.step, "planned_steps": result.planned_steps, "status": result.status,
+               "held_out": report, "reward_norm": norm,
                "data": {"kind": kind, "train": stats.as_dict(), "eval": held_stats.as_dict(),
                         "split": split},
                "tokens_per_s": result.tokens_per_second, "seconds": result.seconds, "model": str(run.dir / "model")}
     if accelerator.is_main_process:
-        encoding = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length}
         save_reward_model(model, tokenizer, run.dir / "model", norm, encoding)
         run.write_json("summary.json", summary)
     run.close()
