@@ -242,7 +242,8 @@ def test_each_loss_runs_one_step_through_the_cli(loss, model_dir, tmp_path):
     # each loss also takes one of the reference set-ups: cached / per step, full fine-tuning / LoRA
     setups = {"dpo": [], "ipo": ["--ref-mode", "per_step"], "cdpo": ["--lora.r", "4"],
               "preferred_ft": ["--lora.r", "4", "--ref-mode", "per_step"], "unlikelihood": []}
-    extra = ["--loss", loss, "--tau", "0.2", "--alpha", "0.5", "--label-smoothing", "0.2", *setups[loss]]
+    own = {"ipo": ["--tau", "0.2"], "cdpo": ["--label-smoothing", "0.2"], "unlikelihood": ["--alpha", "0.5"]}
+    extra = ["--loss", loss, *own.get(loss, []), *setups[loss]]
     if loss in ("preferred_ft", "unlikelihood"):  # a step large enough to measure its direction below
         extra += ["--optim.lr", "1e-2", "--optim.warmup-steps", "0"]
     assert cli.main(_run_args(model_dir, data, out, *extra)) == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from rlhfkit.errors import RlhfkitError
 
 NEG = float("-inf")
 
@@ -407,3 +409,38 @@ def test_dpo_label_temperature_reaches_the_online_labeller(model_dir, tmp_path):
     mean, sd = sum(probs), math.sqrt(sum(p * (1 - p) for p in probs))
     assert mean > 4 * sd + 2  # the temperature matters here: with T = 0 there would be no flip at all
     assert abs(flips - mean) < 4 * sd, (flips, mean, sd)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--loss", "dpo", "--tau", "0.3"], "--tau 0.3 does nothing here: only --loss ipo uses it"),
+    (["--loss", "ipo", "--label-smoothing", "0.2"], "--label-smoothing 0.2 does nothing here: only --loss cdpo"),
+    (["--alpha", "2"], "--alpha 2.0 does nothing here: only --loss unlikelihood"),
+    (["--rounds", "3"], "--rounds 3 does nothing here: only --online uses it"),
+    (["--judge", "rm:x"], "--judge 'rm:x' does nothing here: only --online"),
+    (["--online", "--prompts", "p.jsonl"], "--data.train 'pairs.jsonl' does nothing here: --online trains on pairs"),
+])
+def test_dpo_refuses_options_that_do_nothing(argv, message):
+    from rlhfkit.config import parse
+    from rlhfkit.dpo import DPOConfig, check_loss_options
+
+    cfg = parse(DPOConfig, ["--data.train", "pairs.jsonl", *argv])
+    with pytest.raises(RlhfkitError, match=re.escape(message)):
+        check_loss_options(cfg)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--kl.target", "3"], "--kl.target 3.0 does nothing here: only --kl.adaptive uses it"),
+    (["--ptx.data", "c.jsonl"], "--ptx.data 'c.jsonl' does nothing here: the pretraining mix is off"),
+    (["--advantage", "rloo", "--group-size", "2", "--vf-coef", "0.5"], "--vf-coef 0.5 does nothing here: "
+     "--advantage rloo has no value head"),
+    (["--no-eos-penalty", "--missing-eos-score", "-2"], "--missing-eos-score -2.0 does nothing here"),
+])
+def test_ppo_refuses_options_that_do_nothing(argv, message):
+    from rlhfkit.config import parse
+    from rlhfkit.ppo import PPOConfig, check_config
+
+    cfg = parse(PPOConfig, ["--prompts", "p.jsonl", *argv])
+    with pytest.raises(RlhfkitError, match=re.escape(message)):
+        check_config(cfg)
+    check_config(parse(PPOConfig, ["--prompts", "p.jsonl", "--kl.adaptive", "--kl.target", "3", "--advantage",
+                                   "gae", "--ptx.coef", "0.1", "--ptx.data", "c.jsonl"]))  # each used: accepted

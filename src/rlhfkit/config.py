@@ -381,6 +381,21 @@ def _defaults(cls: type[T]) -> T | None:
     return None if required else cls()
 
 
+def _field(cfg: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def refuse_unused(cfg: Any, unused: dict[str, str]) -> None:
+    """Refuse an option set (to other than its default) where it does nothing: `unused` maps a dotted field to why
+    it has no effect in `cfg`'s combination. A setting that silently does nothing misleads more than an error."""
+    default = type(cfg)()
+    for dotted, why in unused.items():
+        if _field(cfg, dotted) != _field(default, dotted):
+            raise RlhfkitError(f"--{dotted.replace('_', '-')} {_field(cfg, dotted)!r} does nothing here: {why}")
+
+
 def save(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (the run directory's record of what ran)."""
     import yaml

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhfkit.config import DataConfig, LoRAConfig, ModelConfig, OptimConfig, TrainConfig
+from rlhfkit.config import DataConfig, LoRAConfig, ModelConfig, OptimConfig, TrainConfig, refuse_unused
 from rlhfkit.errors import RlhfkitError
 
 LossName = Literal["dpo", "ipo", "cdpo", "preferred_ft", "unlikelihood"]
@@ -66,8 +66,27 @@ class DPOConfig:
     """Run directory; the model is saved to <out>/model (online: also <out>/round-<i>/model)."""
 
 
+def unused_options(cfg: DPOConfig) -> dict[str, str]:
+    """Options that have no effect under cfg's loss and mode (dotted field -> why), for `refuse_unused`."""
+    unused = {}
+    if cfg.loss != "ipo":
+        unused["tau"] = "only --loss ipo uses it"
+    if cfg.loss != "cdpo":
+        unused["label_smoothing"] = "only --loss cdpo uses it"
+    if cfg.loss != "unlikelihood":
+        unused["alpha"] = "only --loss unlikelihood uses it"
+    if cfg.online:
+        unused["data.train"] = "--online trains on pairs it samples and labels from --prompts each round"
+    else:
+        why = "only --online uses it (offline DPO trains on --data.train)"
+        unused.update({name: why for name in ("rounds", "prompts", "judge", "samples_per_prompt", "temperature",
+                                              "label_temperature")})
+    return unused
+
+
 def check_loss_options(cfg: DPOConfig) -> None:
     if cfg.loss == "cdpo" and not 0 < cfg.label_smoothing < 0.5:
         raise RlhfkitError(f"--label-smoothing must be in (0, 0.5) for cdpo, got {cfg.label_smoothing}")
+    refuse_unused(cfg, unused_options(cfg))
     if cfg.beta <= 0 or cfg.tau <= 0:
         raise RlhfkitError(f"--beta and --tau must be > 0, got beta={cfg.beta}, tau={cfg.tau}")

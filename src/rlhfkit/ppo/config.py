@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhfkit.config import LoRAConfig, ModelConfig, OptimConfig, TrainConfig
+from rlhfkit.config import LoRAConfig, ModelConfig, OptimConfig, TrainConfig, refuse_unused
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.ppo.advantages import ADVANTAGE_ESTIMATORS
 from rlhfkit.sampling import SamplingConfig, check_sampling
@@ -109,8 +109,25 @@ class PPOConfig:
                               batch_size=self.generation_batch_size)
 
 
+def unused_options(cfg: PPOConfig) -> dict[str, str]:
+    """Options that have no effect in cfg's combination (dotted field -> why), for `refuse_unused`."""
+    unused = {}
+    if not cfg.kl.adaptive:
+        unused.update({"kl.target": "only --kl.adaptive uses it", "kl.horizon": "only --kl.adaptive uses it"})
+    if cfg.ptx.coef == 0:
+        why = "the pretraining mix is off while --ptx.coef is 0"
+        unused.update({f"ptx.{name}": why for name in ("data", "batch_size", "max_length")})
+    if not ADVANTAGE_ESTIMATORS[cfg.advantage].value_head:
+        why = f"--advantage {cfg.advantage} has no value head (only gae does)"
+        unused.update({name: why for name in ("vf_coef", "value_clip_range", "gamma", "lam")})
+    if not cfg.eos_penalty:
+        unused["missing_eos_score"] = "it is the score of the EOS penalty, which --no-eos-penalty turns off"
+    return unused
+
+
 def check_config(cfg: PPOConfig) -> None:
-    """Fail before loading anything on options that cannot work together."""
+    """Fail before loading anything on options that cannot work together, or that would do nothing."""
+    refuse_unused(cfg, unused_options(cfg))
     if not cfg.prompts:
         raise RlhfkitError("--prompts is required (a JSONL file of {\"prompt\": ...} records)")
     if cfg.group_size < ADVANTAGE_ESTIMATORS[cfg.advantage].min_group_size:
