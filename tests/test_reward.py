@@ -160,7 +160,9 @@ def test_shared_prefix_batch_gives_the_same_loss_metrics_and_gradients(sft_dir, 
     groups = [Group(enc("the movie was", [" great fun", " good story", " boring plot and bad acting", " awful"]),
                     [7.0, 5.0, 2.0, 1.0]),
               Group(enc("a film that", [" moved me", " bored me"]), [6.0, 3.0]),
-              Group(enc("the plot", [" is a mess", " is a delight", " works"]))]
+              Group(enc("the plot", [" is a mess", " is a delight", " works"])),
+              Group(enc("the cast", [" shines", " is fine", " is ok", " flops"]), [7.0, 5.0, 5.0, 1.0], [0, 1, 1, 2]),
+              Group(enc("a scene", [" so good", " so bad", " works"]), None, [0, 0, 1])]  # ties: equal ranks
     results = []
     for shared in (False, True):
         rm.zero_grad()
@@ -173,8 +175,10 @@ def test_shared_prefix_batch_gives_the_same_loss_metrics_and_gradients(sft_dir, 
     assert len(g0) == len(g1) > 0
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    flat = collate_groups(groups, tok.pad_token_id)
+    assert flat.extras["rank"].tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2, 0, 1, 1, 2, 0, 0, 1]
     packed = collate_groups(groups, tok.pad_token_id, shared_prefix=True)
-    assert packed.input_ids.shape[0] == 3 and packed.lengths[3].tolist()[1:] == [0, 0]  # ragged K: 4, 2, 3
+    assert packed.input_ids.shape[0] == 5 and (packed.lengths[3] > 0).tolist() == [True, False, False, True, False]  # K: 4, 2, 3, 4, 3
 
 
 def test_gradient_reaches_every_trainable_parameter(sft_dir):

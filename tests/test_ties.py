@@ -12,12 +12,11 @@ import torch
 from toy import WORDS
 
 from rlhfkit import cli
-from rlhfkit.config import DataConfig, ModelConfig
-from rlhfkit.data import encode_pair, ranking_to_pairs, read_records, validate, write_jsonl
+from rlhfkit.config import DataConfig
+from rlhfkit.data import ranking_to_pairs, read_records, validate, write_jsonl
 from rlhfkit.data.records import ranking_tiers
 from rlhfkit.errors import DataError
-from rlhfkit.reward import Group, collate_groups, encode_groups, load_reward_model, ranking_losses, reward_objective
-from rlhfkit.reward import RewardModel
+from rlhfkit.reward import Group, encode_groups, ranking_losses
 from rlhfkit.reward.score import pair_report, pairs_from_groups
 
 DATA = DataConfig(max_length=32, max_prompt_length=16)
@@ -154,33 +153,6 @@ def sft_dir(tmp_path_factory, tiny_tokenizer, tiny_arch):
 
     return save_model(build_tiny(tiny_tokenizer, tiny_arch, seed=0), tiny_tokenizer,
                       tmp_path_factory.mktemp("ties") / "sft")
-
-
-@pytest.mark.parametrize("loss,margin", [("bt", 0.0), ("bt", 0.5), ("pl", 0.0)])
-def test_tied_groups_give_the_same_loss_packed_and_in_separate_rows(sft_dir, loss, margin):
-    model, tok = load_reward_model(ModelConfig(name=str(sft_dir)), 0)
-    rm = RewardModel(model).eval()
-    enc = lambda p, rs: [encode_pair(tok, p, r, 64, 32) for r in rs]  # noqa: E731
-    groups = [Group(enc("the movie was", [" great fun", " good story", " nice", " awful"]), [7.0, 5.0, 5.0, 1.0],
-                    [0, 1, 1, 2]),
-              Group(enc("a film that", [" moved me", " bored me"])),
-              Group(enc("the plot", [" is a mess", " is a delight", " works"]), None, [0, 0, 1])]
-    results = []
-    for shared in (False, True):
-        rm.zero_grad()
-        value, metrics = reward_objective(loss, margin)(rm, collate_groups(groups, tok.pad_token_id, shared))
-        value.backward()
-        results.append((value.detach(), metrics, [p.grad.clone() for p in rm.parameters() if p.grad is not None]))
-    (v0, m0, g0), (v1, m1, g1) = results
-    torch.testing.assert_close(v1, v0, atol=1e-5, rtol=1e-5)
-    assert m1 == pytest.approx(m0, abs=1e-5)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    flat = collate_groups(groups, tok.pad_token_id)
-    assert flat.extras["rank"].tolist() == [0, 1, 1, 2, 0, 1, 0, 0, 1]
-    assert flat.extras["position"].tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2]
-    packed = collate_groups(groups, tok.pad_token_id, shared_prefix=True)
-    assert packed.extras["rank"].tolist() == [[0, 1, 1, 2], [0, 1, 4, 4], [0, 0, 1, 4]]  # K = 4 where no response
 
 
 # ------------------------------------------------------------------------------------ rm train / rm eval
