@@ -30,7 +30,7 @@ DEFAULT_ENCODING = {"max_length": 512, "max_prompt_length": 256}  # for models s
 class RMEvalConfig:
     """rlhfkit rm eval: held-out accuracy, mean margin and calibration of a saved reward model."""
 
-    model: str = "runs/rm/model"
+    model: str = "runs/sentiment-tiny/rm/model"
     """Saved reward-model directory."""
     data: str = ""
     """Preferences or rankings JSONL (every C(K,2) pair of a ranking counts, except tied pairs)."""
@@ -48,7 +48,7 @@ class RMEvalConfig:
 class RMScoreConfig:
     """rlhfkit rm score: add `"scores": [...]` (one per response) to each record of a candidates file."""
 
-    model: str = "runs/rm/model"
+    model: str = "runs/sentiment-tiny/rm/model"
     """Saved reward-model directory."""
     data: str = ""
     """Candidates JSONL ({"prompt", "responses": [...]})."""
