@@ -345,6 +345,7 @@ def normalize_argv(cls: type, argv: list[str]) -> list[str]:
     true/false, yes/no, on/off, 1/0 in any case.
     """
     bools = bool_options(cls)
+    negated = {_negated(b): b for b in bools}  # lora.no-merge -> lora.merge
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -358,8 +359,8 @@ def normalize_argv(cls: type, argv: list[str]) -> list[str]:
             flag, on = name, True
         elif name.startswith("no-") and name[3:] in bools:  # --no-lora.merge
             flag, on = name[3:], False
-        elif any(name == _negated(b) for b in bools):  # --lora.no-merge
-            flag, on = next(b for b in bools if name == _negated(b)), False
+        elif name in negated:  # --lora.no-merge
+            flag, on = negated[name], False
         else:
             out += [f"--{name}", value] if eq else [f"--{name}"]
             continue

@@ -114,13 +114,18 @@ def step_indices(cfg: TrainConfig, n_examples: int, step: int, processes: int, r
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
+def dir_step(path: Path) -> int:
+    """The optimizer step a `step-NNNNNNN` checkpoint or snapshot directory was saved at."""
+    return int(path.name.split("-")[1])
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a directory counts once its loop_state.json is in place)."""
     root = Path(run_dir) / "checkpoints"
     if not root.exists():
         return []
     done = [d for d in root.iterdir() if d.name.startswith("step-") and (d / "loop_state.json").exists()]
-    return sorted(done, key=lambda d: int(d.name.split("-")[1]))
+    return sorted(done, key=dir_step)
 
 
 def save_checkpoint(accelerator: Any, run_dir: Path, step: int, extra: dict | None = None, keep: int = 2) -> Path:
@@ -181,13 +186,13 @@ def snapshot_dirs(run_dir: Path) -> list[Path]:
     """Saved snapshots of a run, in step order."""
     root = Path(run_dir) / "snapshots"
     found = [d for d in root.glob("step-*") if (d / "config.json").exists()] if root.exists() else []
-    return sorted(found, key=lambda d: int(d.name.split("-")[1]))
+    return sorted(found, key=dir_step)
 
 
 def drop_snapshots_after(run_dir: Path, step: int) -> list[Path]:
     """Delete the snapshots of steps after `step` (a resumed run saves them again, from its own weights);
     returns those deleted. Call on the main process."""
-    later = [d for d in snapshot_dirs(run_dir) if int(d.name.split("-")[1]) > step]
+    later = [d for d in snapshot_dirs(run_dir) if dir_step(d) > step]
     for d in later:
         shutil.rmtree(d, ignore_errors=True)
     return later

@@ -216,9 +216,9 @@ EVALUATION = "evaluation.json"
 def policies(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, model dir) of every snapshot of a training run, plus its final model when no snapshot has its step:
     the points of its method's frontier in EVALUATION."""
-    from rlhfkit.loop import snapshot_dirs
+    from rlhfkit.loop import dir_step, snapshot_dirs
 
-    found = [(int(d.name.split("-")[1]), d) for d in snapshot_dirs(run_dir)]
+    found = [(dir_step(d), d) for d in snapshot_dirs(run_dir)]
     summary = json.loads((run_dir / "summary.json").read_text())
     if not found or found[-1][0] != summary.get("step"):
         found.append((int(summary.get("step", len(found))), run_dir / "model"))
