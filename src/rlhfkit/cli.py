@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label serve": ("rlhfkit.labeling.web:serve_main", "web app where people rank and score responses"),
     "label add-labeler": ("rlhfkit.labeling.web:add_labeler_main", "create a labeler; prints a login token"),
     "label export": ("rlhfkit.labeling.web:export_main", "export collected labels as preferences/rankings"),
+    "label revoke": ("rlhfkit.labeling.web:revoke_main", "revoke a labeler's token and sign out their sessions"),
     "dpo": ("rlhfkit.dpo.cli:main", "DPO, IPO, cDPO, preferred-FT, unlikelihood; offline or online"),
     "ppo": ("rlhfkit.ppo.run:main", "PPO with a KL penalty (GAE, RLOO or GRPO advantages)"),
     "eval reward-kl": ("rlhfkit.evaluate:reward_kl_main", "mean gold reward and KL to the reference"),

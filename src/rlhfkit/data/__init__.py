@@ -4,7 +4,7 @@ File formats (docs/formats.md): corpus, sft, prompts, candidates, preferences, r
 parquet file or a Hugging Face `datasets` name is accepted wherever a JSONL path is. Every reader validates each
 record and raises DataError naming `file:line` and the field.
 
-    records.py   validate, read (`iter_records`, `read_records`), `write_jsonl`, `ranking_to_pairs`, `detect_kind`
+    records.py   validate, read (`iter_records`, `located_records`, `read_records`), `write_jsonl`, `ranking_to_pairs`, `detect_kind`
     encode.py    tokenisation into `Encoded` (token ids + loss mask) under the truncation policy
     collate.py   `TokenBatch`, `collate`: Encoded examples padded into (B, T)
     packing.py   `PrefixBatch`, `pack_groups`: a group's sequences in one row, their shared prefix laid out once
@@ -19,7 +19,15 @@ from __future__ import annotations
 from rlhfkit.data.collate import TokenBatch, collate
 from rlhfkit.data.encode import (Encoded, TruncationStats, encode_messages, encode_pair, encode_prompt,
                                  encode_sft_records)
-from rlhfkit.data.records import detect_kind, iter_records, ranking_to_pairs, read_records, validate, write_jsonl
+from rlhfkit.data.records import (
+    detect_kind,
+    iter_records,
+    located_records,
+    ranking_to_pairs,
+    read_records,
+    validate,
+    write_jsonl,
+)
 from rlhfkit.data.split import load_train_eval, split_key, split_summary, split_train_eval, warn_shared_prompts
 
 __all__ = [
@@ -33,6 +41,7 @@ __all__ = [
     "encode_prompt",
     "encode_sft_records",
     "iter_records",
+    "located_records",
     "load_train_eval",
     "ranking_to_pairs",
     "read_records",

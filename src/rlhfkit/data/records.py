@@ -161,6 +161,13 @@ def _iter_table(source: str) -> Iterator[tuple[Any, tuple[str, int]]]:
 
 def iter_records(source: str | os.PathLike, kind: str) -> Iterator[dict]:
     """Yield validated records of `kind` from a JSONL path, a parquet path or a `datasets` name."""
+    for rec, _where in located_records(source, kind):
+        yield rec
+
+
+def located_records(source: str | os.PathLike, kind: str) -> Iterator[tuple[dict, tuple[str, int]]]:
+    """As iter_records, each record with where it came from: (file or source name, line or row number), so a
+    caller's own checks can name `file:line` too (DataError(*where, ...))."""
     source = str(source)
     path = Path(source)
     if path.suffix in (".jsonl", ".json") or path.exists():
@@ -172,7 +179,7 @@ def iter_records(source: str | os.PathLike, kind: str) -> Iterator[dict]:
     else:
         rows = _iter_table(source)
     for rec, where in rows:
-        yield validate(rec, kind, where)
+        yield validate(rec, kind, where), where
 
 
 def read_records(source: str | os.PathLike, kind: str) -> list[dict]:
