@@ -71,6 +71,16 @@ class LoginSession(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
 
 
+class Offer(Base):
+    """An item shown to a labeler (GET /label): only an offered item may be labelled by them, and a live offer
+    holds one of the item's `labels_per_item` places so an item never collects more labels than that."""
+
+    __tablename__ = "offers"
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), primary_key=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), primary_key=True, index=True)
+    offered_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
 class Label(Base):
     __tablename__ = "labels"
     __table_args__ = (UniqueConstraint("item_id", "labeler_id", name="one_label_per_labeler"),)
