@@ -79,7 +79,7 @@ def test_smoke_pretrain_lowers_held_out_loss_and_sft_runs_on_it(tmp_path, toy_co
     assert math.isclose(after["perplexity"], math.exp(after["eval_loss"]))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "p1" / "model")
     assert model.config.vocab_size == 300
-    sft = run_sft(SFTConfig(data=DataConfig(train=str(toy_sft), max_length=32),
+    sft = run_sft(SFTConfig(data=DataConfig(train=str(toy_sft), max_length=32, max_prompt_length=16),
                             model=ModelConfig(name=str(tmp_path / "p1" / "model")),
                             train=TrainConfig(batch_size=8, max_steps=5, **common), out=str(tmp_path / "s")))
     assert math.isfinite(sft["eval_loss"]) and sft["truncation"]["seen"] > 0

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rlhfkit.data import encode_prompt, read_records, write_jsonl
+from rlhfkit.data import check_output, encode_prompt, read_located, write_jsonl
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.generation import decode_responses, sample
+from rlhfkit.generation import SAMPLE_DEFAULTS, decode_responses, sample
 from rlhfkit.sampling import SamplingConfig, check_sampling
 from rlhfkit.tracking import say
 
@@ -35,19 +35,23 @@ class BestOfN:
 
 def best_of_n(model: Any, tokenizer: Any, prompts: list[str], scorer: Scorer, n: int,
               sampling: SamplingConfig | None = None, *, seed: int = 0, max_prompt_length: int = 64,
-              spec: str = "scorer", **fields: Any) -> list[BestOfN]:
+              spec: str = "scorer", where: list[tuple[str, int]] | None = None, **fields: Any) -> list[BestOfN]:
     """For each prompt, sample n completions (`rlhfkit.generation.sample` with `sampling` and any SamplingConfig
     `fields`; same seed -> same candidates), score them all with `scorer(prompts, responses)` and keep the
-    highest (the first one on ties)."""
+    highest (the first one on ties). where: each prompt's (file, line), named when a prompt leaves no room in
+    the model's context or the scorer returns NaN for one of its samples."""
+    from rlhfkit.generation import check_room
     from rlhfkit.labeling.gold import checked_scores
 
     if n < 1:
         raise ValueError(f"best_of_n needs n >= 1, got {n}")
     ids = [encode_prompt(tokenizer, p)[-max_prompt_length:] for p in prompts]
+    check_room(model, ids, fields.get("max_new_tokens", (sampling or SAMPLE_DEFAULTS).max_new_tokens), where)
     rollout = sample(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, sampling, num_samples=n, seed=seed,
                      **fields)
     texts = decode_responses(tokenizer, rollout)  # n consecutive rows per prompt
-    scores = checked_scores(scorer, [p for p in prompts for _ in range(n)], texts, spec)
+    scores = checked_scores(scorer, [p for p in prompts for _ in range(n)], texts, spec,
+                            [w for w in where for _ in range(n)] if where is not None else None)
     out = []
     for i, prompt in enumerate(prompts):
         cands, sc = texts[i * n: (i + 1) * n], scores[i * n: (i + 1) * n]
@@ -128,13 +132,16 @@ def sample_main(argv: list[str]) -> int:
 
     cfg = config_lib.parse(SampleConfig, argv, prog="rlhfkit sample")
     check_sample_config(cfg)  # before loading the model or the scorer
+    check_output(cfg.out)
+    located = read_located(cfg.prompts, "prompts")
+    prompts = [r["prompt"] for r, _ in located]
     scorer = make_scorer(cfg.reward) if cfg.best_of > 1 else (lambda p, r: [0.0] * len(r))
-    prompts = [r["prompt"] for r in read_records(cfg.prompts, "prompts")]
     model, tokenizer = load_causal_lm(ModelConfig(name=cfg.model), seed=cfg.seed)
     # K written responses per prompt = K rows of the prompt, each the best of `best_of` samples
     rows = [p for p in prompts for _ in range(cfg.num_samples)]
     picked = best_of_n(model, tokenizer, rows, scorer, cfg.best_of, cfg.sampling, seed=cfg.seed,
-                       max_prompt_length=cfg.max_prompt_length, spec=cfg.reward or "none")
+                       max_prompt_length=cfg.max_prompt_length, spec=cfg.reward or "none",
+                       where=[where for _, where in located for _ in range(cfg.num_samples)])
     policy = cfg.model if cfg.best_of == 1 else f"{cfg.model} best-of-{cfg.best_of} by {cfg.reward}"
     records, blank = [], 0
     for i, prompt in enumerate(prompts):

@@ -72,7 +72,15 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def one_line(message: str) -> str:
+    """An error message on one line: a library's message may span several (a hub error adds advice lines)."""
+    return " ".join(line.strip() for line in message.strip().splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; its errors that a user can fix are one line on stderr, `rlhfkit: error: ...`, and a non-zero
+    exit status: RlhfkitError (bad input, named by the code that found it) and OSError about a named file (a full
+    disk, a permission). Any other exception is a bug and keeps its traceback."""
     from rlhfkit.errors import RlhfkitError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -95,14 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = getattr(importlib.import_module(module_name), func_name)(rest)
     except RlhfkitError as err:
-        print(f"rlhfkit: error: {err}", file=sys.stderr)
-        return 1
+        print(f"rlhfkit: error: {one_line(str(err))}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130
     except BrokenPipeError:  # `rlhfkit ... | head`: the reader left; not an error of ours
         sys.stdout = None
         return 141
+    except OSError as err:
+        if err.filename is None:  # nothing the user could act on is named: keep the traceback
+            raise
+        print(f"rlhfkit: error: {err.filename}: {one_line(err.strerror or str(err))}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -244,12 +244,15 @@ def load_yaml(cls: type[T], path: str | Path, base: T | None = None, allow_missi
     read as the field's type expects (`1e-4` is a float). allow_missing: see `_from_dict`."""
     import yaml
 
+    from rlhfkit.data.files import read_text
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RlhfkitError(f"config file not found: {path}")
+    text = read_text(path)  # a directory or bytes that are not UTF-8: one line naming file (and line)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        data = yaml.load(text, Loader=_yaml_loader()) or {}
+    except yaml.YAMLError as err:
         raise RlhfkitError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):
         raise RlhfkitError(f"{path}: expected a mapping of config keys at the top level")
@@ -294,7 +297,37 @@ def parse(cls: type[T], argv: list[str] | None = None, prog: str | None = None, 
     if config_file is not None:
         base = load_yaml(cls, config_file, base, allow_missing=True)
     description = ((cls.__doc__ or "").strip() + "\n\n" + CONFIG_HELP).strip()
-    return tyro.cli(cls, args=normalize_argv(cls, argv), default=base, prog=prog, description=description)
+    from tyro import _errors as tyro_errors
+
+    with tyro_errors.on_parse_error(lambda event: _usage_error(event, prog)):
+        return tyro.cli(cls, args=normalize_argv(cls, argv), default=base, prog=prog, description=description)
+
+
+def _usage_error(event: Any, prog: str | None) -> None:
+    """tyro's parse failures as one line (UsageError) instead of its multi-line box. The hook is tyro's private
+    API (tyro is pinned to one version); a failure of a kind not handled here keeps tyro's own box."""
+    from tyro import _errors as e
+
+    if isinstance(event, e.UnrecognizedArgs):
+        what = f"unrecognized option(s): {' '.join(event.tokens)}"
+    elif isinstance(event, e.MissingArgs):  # a misspelt required option is both unrecognized and missing
+        what = f"missing required option(s): {', '.join(a.arg.display_name() for a in event.missing_arguments)}"
+        if event.unrecognized_tokens:
+            what = f"unrecognized option(s): {' '.join(event.unrecognized_tokens)}; {what}"
+    elif isinstance(event, e.InvalidChoice):
+        what = f"{event.argument.display_name()}: invalid choice {event.value!r} (expected one of " \
+               f"{', '.join(event.choices)})"
+    elif isinstance(event, e.InstantiationFailure):
+        name = event.argument.display_name() if event.argument is not None else None
+        what = f"{name}: {event.message}" if name else event.message
+    elif isinstance(event, e.BadValue):
+        what = f"{event.argument.display_name()}: " + (
+            "expects a value" if event.offending_value is None else f"takes no value, got {event.offending_value!r}")
+    else:
+        return
+    from rlhfkit.errors import UsageError
+
+    raise UsageError(f"{what} (see {prog or event.prog} --help)")
 
 
 CONFIG_HELP = ("--config FILE: read options from a YAML file first (nested keys as the dotted options name them, "
@@ -398,7 +431,9 @@ def refuse_unused(cfg: Any, unused: dict[str, str]) -> None:
 
 
 def save(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (the run directory's record of what ran)."""
+    """Write the resolved config as YAML (the run directory's record of what ran), atomically."""
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from rlhfkit.data.files import write_text  # imported here: rlhfkit.data loads torch, `--help` need not
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

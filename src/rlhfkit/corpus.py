@@ -38,7 +38,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhfkit.data import write_jsonl
+from rlhfkit.data import check_output, write_jsonl, write_text
 from rlhfkit.errors import DataError
 from rlhfkit.packages import package_dir
 
@@ -177,6 +177,7 @@ def build_corpus(
 ) -> dict:
     """Write the four JSONL files and counts.json into `out_dir` (see the module docstring); returns the counts."""
     out = Path(out_dir)
+    check_output(out, directory=True)  # before the corpus is read
     snippets = read_rotten_tomatoes()
     rows, duplicates = dedupe(snippets)
     train, heldout = split_reviews(rows, seed, heldout_fraction)
@@ -207,7 +208,7 @@ def build_corpus(
         "seed": seed,
         "heldout_fraction": heldout_fraction,
     }
-    (out / "counts.json").write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
+    write_text(out / "counts.json", json.dumps(counts, indent=2) + "\n")
     return counts
 
 
@@ -332,6 +333,7 @@ def chitchat_sft_main(argv: list[str]) -> int:
     from rlhfkit.config import parse
 
     args = parse(ChitchatSftArgs, argv, prog="rlhfkit data chitchat")
+    check_output(args.out)
     conversations = read_chitchat(max_conversations=args.max_conversations)
     records = [rec for c in conversations if (rec := conversation_sft_record(c["messages"]))]
     n = write_jsonl(args.out, records)
@@ -343,6 +345,7 @@ def chitchat_preferences_main(argv: list[str]) -> int:
     from rlhfkit.config import parse
 
     args = parse(ChitchatPreferenceArgs, argv, prog="rlhfkit data chitchat-preferences")
+    check_output(args.out)
     records, counts = chitchat_preference_pairs(
         read_chitchat(), args.min_gap, not args.keep_default_ratings, args.max_pairs_per_prompt, args.seed
     )

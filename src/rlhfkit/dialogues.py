@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhfkit.data import iter_records, write_jsonl
+from rlhfkit.data import check_output, read_records, read_text, write_jsonl
+from rlhfkit.errors import DataError
 
 MAX_NAME_WORDS = 4
 _PREFIXES = (
@@ -84,10 +85,14 @@ def dialogue_record(turns: list[tuple[str, str]]) -> dict:
 
 
 def read_texts(path: Path) -> list[str]:
-    """A .txt file is one text; anything else is read as a corpus ({"text"}) JSONL/parquet/dataset."""
+    """A .txt file is one text; anything else is read as a corpus ({"text"}) JSONL/parquet/dataset. An empty
+    input is an error (there is nothing to search), naming the file."""
     if path.suffix == ".txt":
-        return [path.read_text(encoding="utf-8")]
-    return [rec["text"] for rec in iter_records(path, "corpus")]
+        text = read_text(path)
+        if not text.strip():
+            raise DataError(str(path), None, "is empty: no text to search for dialogues")
+        return [text]
+    return [rec["text"] for rec in read_records(path, "corpus")]
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ def main(argv: list[str]) -> int:
     from rlhfkit.config import parse
 
     args = parse(MineArgs, argv, prog="rlhfkit data mine-dialogues")
+    check_output(args.out)
     texts = read_texts(args.input)
     dialogues = [d for text in texts for d in mine_dialogues(text, args.min_turns)]
     write_jsonl(args.out, (dialogue_record(d) for d in dialogues))

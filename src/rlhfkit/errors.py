@@ -6,6 +6,16 @@ from __future__ import annotations
 class RlhfkitError(Exception):
     """Something the user can fix: bad input, a missing file or package, a diverged run."""
 
+    exit_code = 1
+    """The CLI's exit status for this error."""
+
+
+class UsageError(RlhfkitError):
+    """A command line the options parser rejects (an unknown option, a bad value): exit status 2, as usual for
+    usage errors."""
+
+    exit_code = 2
+
 
 class DataError(RlhfkitError):
     """A malformed record. Formats as `file:line: field 'name': what is wrong`."""

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rlhfkit import stats
-from rlhfkit.data import encode_prompt, read_records
-from rlhfkit.generation import Rollout, decode_responses, sample
+from rlhfkit.data import check_output, encode_prompt, read_located, write_text
+from rlhfkit.generation import Rollout, check_room, decode_responses, sample
+from rlhfkit.labeling.gold import checked_scores
 from rlhfkit.logprobs import sequence_logprob_sums
 from rlhfkit.sampling import SamplingConfig, check_sampling
 from rlhfkit.tracking import say
@@ -120,19 +121,22 @@ def kl_logratios(policy: Any, reference: Any, rollout: Rollout, cfg: SamplingCon
 
 
 def evaluate_policy(policy: Any, reference: Any, tokenizer: Any, prompts: list[str], scorer: Scorer,
-                    cfg: SamplingConfig = SamplingConfig(), seed: int = 0) -> PolicyEval:
+                    cfg: SamplingConfig = SamplingConfig(), seed: int = 0, *, spec: str = "scorer",
+                    where: list[tuple[str, int]] | None = None) -> PolicyEval:
     """Sample from `policy`, score with `scorer` (gold function or reward model), estimate KL to `reference`.
 
-    Standard errors are clustered by prompt (see the module docstring).
+    Standard errors are clustered by prompt (see the module docstring). A non-finite score is refused naming the
+    scorer (`spec`) and, given `where` (each prompt's file and line), the prompt's record.
     """
     check_sampling(cfg.temperature, cfg.top_p, needs_logprobs=True)
-    rollout = sample(policy, [encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id,
-                     tokenizer.eos_token_id, cfg, seed=seed)
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    check_room(policy, prompt_ids, cfg.max_new_tokens, where)
+    rollout = sample(policy, prompt_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg, seed=seed)
     texts = decode_responses(tokenizer, rollout)
-    rows = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
-    scores = [float(s) for s in scorer(rows, texts)]
-    logratios = kl_logratios(policy, reference, rollout, cfg, tokenizer.eos_token_id)  # (N,)
     k = cfg.samples_per_prompt
+    rows = [p for p in prompts for _ in range(k)]
+    scores = checked_scores(scorer, rows, texts, spec, [w for w in where for _ in range(k)] if where else None)
+    logratios = kl_logratios(policy, reference, rollout, cfg, tokenizer.eos_token_id)  # (N,)
     rewards, kls = prompt_means(scores, k), prompt_means(logratios, k)  # (prompts,) each
     lengths = prompt_means(rollout.lengths, k)
     return PolicyEval(stats.mean_ci(rewards), stats.sequence_kl(kls), float(rollout.lengths.float().mean()), rows,
@@ -145,10 +149,11 @@ def best_of_n_kl(n: int) -> float:
 
 
 def judge_win_rate(prompts: list[str], completions_a: list[str], completions_b: list[str],
-                   scorer: Scorer) -> stats.WinRate:
-    """Win rate of A over B on the same prompts under a judge that scores each completion; ties count half."""
-    scores_a = scorer(prompts, completions_a)
-    scores_b = scorer(prompts, completions_b)
+                   scorer: Scorer, spec: str = "scorer", where: list[tuple[str, int]] | None = None) -> stats.WinRate:
+    """Win rate of A over B on the same prompts under a judge that scores each completion; ties count half. A
+    non-finite score is refused naming the judge (`spec`) and, given `where`, the prompt's file and line."""
+    scores_a = checked_scores(scorer, prompts, completions_a, spec, where)
+    scores_b = checked_scores(scorer, prompts, completions_b, spec, where)
     return stats.win_rate(scores_a, scores_b)
 
 
@@ -210,16 +215,18 @@ def reward_kl_main(argv: list[str]) -> int:
 
     args = parse(RewardKLArgs, argv, prog="rlhfkit eval reward-kl")
     check_sampling(args.sampling.temperature, args.sampling.top_p, needs_logprobs=True)  # before loading models
-    prompts = [r["prompt"] for r in read_records(args.prompts, "prompts")][: args.num_prompts]
+    if args.out:
+        check_output(args.out)
+    located = read_located(args.prompts, "prompts")[: args.num_prompts]
     scorer = make_scorer(args.judge)
     policy, tokenizer = _load(args.policy)
     reference, _ = _load(args.reference)
-    evaluation = evaluate_policy(policy, reference, tokenizer, prompts, scorer, args.sampling, args.seed)
+    evaluation = evaluate_policy(policy, reference, tokenizer, [r["prompt"] for r, _ in located], scorer,
+                                 args.sampling, args.seed, spec=args.judge, where=[w for _, w in located])
     result = evaluation.to_dict()
     print(json.dumps(result, indent=2))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_text(args.out, json.dumps(result, indent=2))
     say(f"reward-kl: {evaluation.describe()}")
     return 0
 
@@ -232,15 +239,18 @@ def win_rate_main(argv: list[str]) -> int:
 
     args = parse(WinRateArgs, argv, prog="rlhfkit eval win-rate")
     check_sampling(args.sampling.temperature, args.sampling.top_p)  # before loading models; any top_p is fine here
-    prompts = [r["prompt"] for r in read_records(args.prompts, "prompts")][: args.num_prompts]
+    located = read_located(args.prompts, "prompts")[: args.num_prompts]
+    prompts, where = [r["prompt"] for r, _ in located], [w for _, w in located]
     scorer = make_scorer(args.judge)
     completions = []
     for path in (args.a, args.b):
         model, tokenizer = _load(path)
-        rollout = sample(model, [encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id,
-                         tokenizer.eos_token_id, args.sampling, num_samples=1, seed=args.seed)  # one per prompt
+        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+        check_room(model, prompt_ids, args.sampling.max_new_tokens, where)
+        rollout = sample(model, prompt_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, args.sampling,
+                         num_samples=1, seed=args.seed)  # one per prompt
         completions.append(decode_responses(tokenizer, rollout))
-    wr = judge_win_rate(prompts, completions[0], completions[1], scorer)
+    wr = judge_win_rate(prompts, completions[0], completions[1], scorer, args.judge, where)
     print(json.dumps(win_rate_dict(wr), indent=2))
     say(f"win-rate: {describe_win_rate(wr)}")
     return 0

@@ -95,6 +95,25 @@ def _pad_cat(tensors: list[torch.Tensor], value: float, left: bool = False) -> t
     return torch.cat(padded, 0)
 
 
+def check_room(model: Any, prompts: list[list[int]], max_new_tokens: int,
+               where: list[tuple[str, int]] | None = None) -> None:
+    """Refuse (one line) a prompt that leaves no room for `max_new_tokens` in the model's context; `where` gives
+    each prompt's (file, line) to name. Positions past the context are garbage for rotary models and an index
+    error for learned ones, so this is checked before sampling, not discovered in it."""
+    from rlhfkit.errors import DataError, RlhfkitError
+    from rlhfkit.models import context_length
+
+    context = context_length(model)
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]), default=None)
+    if context is None or longest is None or len(prompts[longest]) + max_new_tokens <= context:
+        return
+    what = (f"a prompt of {len(prompts[longest])} tokens leaves no room for {max_new_tokens} new tokens in the "
+            f"model's context of {context} positions")
+    if where is not None:
+        raise DataError(*where[longest], what + " (shorten the prompt, or sample fewer tokens)")
+    raise RlhfkitError(what)
+
+
 def sample(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int, sampling: SamplingConfig | None = None,
            *, num_samples: int | None = None, seed: int = 0, **fields: Any) -> Rollout:
     """Sample completions for each prompt (token lists), stopping each at EOS.
@@ -107,6 +126,7 @@ def sample(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int, sampl
     """
     cfg = replace(sampling or SAMPLE_DEFAULTS, **fields)
     check_sampling(cfg.temperature, cfg.top_p)
+    check_room(model, prompts, cfg.max_new_tokens)
     k = cfg.samples_per_prompt if num_samples is None else num_samples
     generator = torch.Generator().manual_seed(seed)
     rows = [p for p in prompts for _ in range(k)]

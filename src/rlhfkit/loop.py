@@ -254,24 +254,27 @@ class StepLoop:
         bar = tqdm(total=self.total, initial=start, disable=not (cfg.progress and acc.is_main_process),
                    desc=self.run.dir.name, dynamic_ncols=True)
         result, t0, every = LoopResult(start, planned_steps=self.total), time.time(), snapshot_interval(cfg, self.total)
-        for s in range(start, self.total):
-            metrics = step(s)
-            result.step, result.metrics = s + 1, metrics
-            bar.update(1)
-            bar.set_postfix(self.postfix(metrics))
-            out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
-            last = result.step == self.total or out_of_time
-            if after_step is not None:
-                after_step(result.step, metrics, last)
-            due = every is not None and (result.step % every == 0 or last)
-            result.snapshot = save_snapshot(acc, self.model, self.tokenizer, self.run.dir, result.step) if due else None
-            if result.step % cfg.save_every == 0 or last:
-                save_checkpoint(acc, self.run.dir, result.step, self.extra() if self.extra else None,
-                                keep=cfg.keep_checkpoints)
-            if out_of_time:
-                result.status = "time_limit"
-                break
-        bar.close()
+        try:  # closed on an error too: its line ends, and the error message starts a line of its own
+            for s in range(start, self.total):
+                metrics = step(s)
+                result.step, result.metrics = s + 1, metrics
+                bar.update(1)
+                bar.set_postfix(self.postfix(metrics))
+                out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
+                last = result.step == self.total or out_of_time
+                if after_step is not None:
+                    after_step(result.step, metrics, last)
+                due = every is not None and (result.step % every == 0 or last)
+                result.snapshot = (save_snapshot(acc, self.model, self.tokenizer, self.run.dir, result.step) if due
+                                   else None)
+                if result.step % cfg.save_every == 0 or last:
+                    save_checkpoint(acc, self.run.dir, result.step, self.extra() if self.extra else None,
+                                    keep=cfg.keep_checkpoints)
+                if out_of_time:
+                    result.status = "time_limit"
+                    break
+        finally:
+            bar.close()
         result.seconds = time.time() - t0
         return result
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import LoRAConfig, ModelConfig, TinyArch
+from rlhfkit.data.files import looks_like_path
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.packages import package_dir
 from rlhfkit.tracking import say
@@ -80,11 +81,14 @@ def gpt2_tokenizer(model_max_length: int = 1 << 20) -> Any:
 
 
 def load_tokenizer(name: str) -> Any:
-    """`gpt2` (offline, from openai-whisper) or any tokenizer directory / HF id."""
+    """`gpt2` (offline, from openai-whisper) or any tokenizer directory / HF id (a path-looking name that does not
+    exist is named, not looked up on the hub)."""
     if name == "gpt2":
         return gpt2_tokenizer()
     from transformers import AutoTokenizer
 
+    if looks_like_path(name) and not Path(name).expanduser().exists():
+        raise RlhfkitError(f"tokenizer directory not found: {name}")
     tok = AutoTokenizer.from_pretrained(name)
     return ensure_pad(tok)
 
@@ -146,21 +150,35 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def looks_like_path(name: str) -> bool:
-    """A name that can only be a local path: `./x`, `../x`, `/x`, `~/x`, or more than one `/` (a Hugging Face id
-    is `name` or `owner/name`)."""
-    return name.startswith((".", "/", "~")) or name.count("/") >= 2 or os.sep != "/" and os.sep in name
-
-
 def resolve_model_name(name: str) -> str:
-    """`smollm2` -> its converted directory; a path-looking name that does not exist fails here, naming it, instead
-    of reaching the Hugging Face hub as a repo id."""
+    """`smollm2` -> its converted directory; a path-looking name (`rlhfkit.data.files.looks_like_path`) that does
+    not exist fails here, naming it, instead of reaching the Hugging Face hub as a repo id; so does a file where a
+    model directory is expected."""
     if name == "smollm2":
         return str(smollm2_dir())
-    if looks_like_path(name) and not Path(name).expanduser().exists():
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise RlhfkitError(f"{name}: is a file; expected a model directory")
+    if looks_like_path(name) and not path.exists():
         hint = " (the demo's models are under runs/sentiment-tiny/ after `make demo`)" if "runs/" in name else ""
         raise RlhfkitError(f"model directory not found: {name}{hint}")
     return name
+
+
+def context_length(model: Any) -> int | None:
+    """The longest sequence a model was built for (`max_position_embeddings`), None when its config has none."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def check_context(model: Any, examples: Iterable[Any], max_length: int) -> None:
+    """Refuse (one line) encoded training examples longer than the model's context (positions past it are garbage
+    for rotary models and an index error for learned ones). Checked on the examples, so a --data.max-length
+    above the context is refused only when some record is that long."""
+    context = context_length(model)
+    longest = max((len(e.input_ids) for e in examples), default=0)
+    if context is not None and longest > context:
+        raise RlhfkitError(f"a record encodes to {longest} tokens under --data.max-length {max_length}, longer than "
+                           f"the model's context of {context} positions: lower --data.max-length to {context} or less")
 
 
 def load_causal_lm(cfg: ModelConfig, seed: int = 0, tokenizer: Any = None,
@@ -173,9 +191,9 @@ def load_causal_lm(cfg: ModelConfig, seed: int = 0, tokenizer: Any = None,
     from transformers import AutoModelForCausalLM
 
     if cfg.name == "tiny":
+        tokenizer = tokenizer or load_tokenizer(cfg.tokenizer or "gpt2")  # first: a missing package is the one line
         if not untrained_ok:
             say(UNTRAINED_NOTE)
-        tokenizer = tokenizer or load_tokenizer(cfg.tokenizer or "gpt2")
         return build_tiny(tokenizer, cfg.tiny, seed).to(_dtype(cfg.dtype)), tokenizer
     name = resolve_model_name(cfg.name)
     kwargs: dict[str, Any] = {"dtype": _dtype(cfg.dtype)}
@@ -232,14 +250,20 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path, merge_lora: bool
     """
     if tokenizer is None:
         raise ValueError(f"save_model({out_dir}): no tokenizer given; a saved model directory needs its tokenizer")
+    import shutil
+
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if is_peft(model) and merge_lora:
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:  # a full disk, an interrupt: no half-written directory is left beside the model
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return _move_into_place(tmp, out_dir)
 
 

@@ -17,8 +17,8 @@ import torch
 from rlhfkit import config as config_lib
 from rlhfkit import losses, ops
 from rlhfkit.config import DataConfig, LoRAConfig, ModelConfig, OptimConfig, TrainConfig
-from rlhfkit.data import Encoded, TokenBatch, collate, encode_sft_records, load_train_eval
-from rlhfkit.tracking import Run, say
+from rlhfkit.data import Encoded, TokenBatch, check_lengths, collate, encode_sft_records, load_train_eval
+from rlhfkit.tracking import Run, check_run_dir, say
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,11 @@ def perplexity(eval_metrics: dict[str, float]) -> float:
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train tokenizer + model; returns a summary (held-out perplexity, tokens/s, paths)."""
     from rlhfkit.loop import finish_stage, fit, make_accelerator
-    from rlhfkit.models import load_causal_lm, load_tokenizer, train_bpe_tokenizer
+    from rlhfkit.models import check_context, load_causal_lm, load_tokenizer, train_bpe_tokenizer
 
+    check_run_dir(cfg.out, cfg.train.resume)  # a used or unwritable --out is refused before anything is read
     train_recs, eval_recs = load_train_eval(cfg.data, "corpus", cfg.train.seed)  # bad data fails before any work
     accelerator = make_accelerator(cfg.train)
-    run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)
     texts = [r["text"] for r in train_recs]
     if cfg.model.tokenizer:
         tokenizer = load_tokenizer(cfg.model.tokenizer)
@@ -102,6 +102,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     model, tokenizer = load_causal_lm(cfg.model, seed=cfg.train.seed, tokenizer=tokenizer, untrained_ok=True)
     train = pack_corpus(tokenizer, texts, cfg.data.max_length)
     held = pack_corpus(tokenizer, [r["text"] for r in eval_recs], cfg.data.max_length)
+    check_context(model, train + held, cfg.data.max_length)
+    run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)  # after the model loads: a failure leaves no run
     say(f"pretrain: {len(train)} blocks of {cfg.data.max_length} tokens, {len(held)} held out, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     result = fit(lm_objective, model, train, _collate_for(tokenizer), cfg.train, cfg.optim, run, accelerator,
@@ -115,16 +117,19 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     """Fine-tune on response tokens only; returns a summary (held-out loss, truncation counts, paths)."""
     from rlhfkit.loop import finish_stage, fit, make_accelerator
-    from rlhfkit.models import apply_lora, check_lora, load_causal_lm
+    from rlhfkit.models import apply_lora, check_context, check_lora, load_causal_lm
 
     check_lora(cfg.model, cfg.lora)
+    check_lengths(cfg.data)
+    check_run_dir(cfg.out, cfg.train.resume)  # a used or unwritable --out is refused before anything is read
     train_recs, eval_recs = load_train_eval(cfg.data, "sft", cfg.train.seed)  # bad data fails before any work
     accelerator = make_accelerator(cfg.train)
-    run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)
     model, tokenizer = load_causal_lm(cfg.model, seed=cfg.train.seed)
     model = apply_lora(model, cfg.lora)
     train, stats = encode_sft_records(tokenizer, train_recs, cfg.data)
     held, _ = encode_sft_records(tokenizer, eval_recs, cfg.data)
+    check_context(model, train + held, cfg.data.max_length)
+    run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)  # after the model loads: a failure leaves no run
     say(f"sft: {len(train)} training examples ({stats.summary()}), {len(held)} held out")
     result = fit(lm_objective, model, train, _collate_for(tokenizer), cfg.train, cfg.optim, run, accelerator,
                  eval_examples=held or None, tokenizer=tokenizer)

@@ -46,8 +46,12 @@ def refusal(out_dir: str | Path, found: list[str], resume: bool) -> str | None:
 
 
 def check_run_dir(out_dir: str | Path, resume: bool) -> list[str]:
-    """Refuse (RlhfkitError) a directory that already holds a run unless `resume`; returns what it holds.
-    Read-only, so a stage may call it before loading anything (`Run` calls it again when opened)."""
+    """Refuse (RlhfkitError) a directory that already holds a run unless `resume`, or one that cannot be written
+    (a file in its place or above it, no permission); returns what it holds. Read-only, so a stage may call it
+    before loading anything (`Run` calls it again when opened)."""
+    from rlhfkit.data.files import check_output
+
+    check_output(out_dir, directory=True)
     found = run_artifacts(out_dir)
     message = refusal(out_dir, found, resume)
     if message is not None:
@@ -94,7 +98,9 @@ class Run:
         if refused is not None:
             raise RlhfkitError(refused)
         if is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            from rlhfkit.data.files import ensure_dir
+
+            ensure_dir(self.dir)
             if cfg is not None:
                 config_lib.save(cfg, self.dir / "config.yaml")
 
@@ -108,8 +114,11 @@ class Run:
             return
         row = {"step": step, "time": round(time.time() - self.start, 3)}
         row.update({k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()})
-        with self.metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with self.metrics_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as err:  # a full disk: name the file (a resumed run drops a torn last line)
+            raise type(err)(err.errno, err.strerror, str(self.metrics_path)) from None
         writer = self._writer()
         if writer is not None:
             for k, v in metrics.items():
@@ -146,9 +155,12 @@ class Run:
         os.replace(tmp, self.metrics_path)
 
     def write_json(self, name: str, data: Any) -> Path:
+        """Write `data` as <run>/<name> (atomically: a reader never finds half a summary.json)."""
+        from rlhfkit.data.files import write_text
+
         path = self.dir / name
         if self.is_main:
-            path.write_text(json.dumps(data, indent=2, sort_keys=True))
+            write_text(path, json.dumps(data, indent=2, sort_keys=True))
         return path
 
     def close(self) -> None:

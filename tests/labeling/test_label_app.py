@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from math import comb
 
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from labeling_helpers import ITEM_RE, SCRIPT, csrf_of, full_label, login
-from sqlalchemy import func, select
+from labeling_helpers import ITEM_RE, SCRIPT, Env, csrf_of, full_label, shown_item
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from rlhfkit.errors import DataError
 from rlhfkit.labeling.web import export_main, load_candidates
 from rlhfkit.labeling.webapp import db
-from rlhfkit.labeling.webapp.app import create_app
-
-
-class Env:
-    def __init__(self, url, candidates, labels_per_item=2):
-        self.url = url
-        self.engine = db.open_db(url)
-        load_candidates(self.engine, candidates)
-        self.admin_token = db.ensure_admin(self.engine)
-        self.app = create_app(self.engine, labels_per_item)
-
-    def client(self, name: str | None = None) -> tuple[TestClient, str]:
-        """A client signed in as a new labeler `name` (or the admin when None), and its CSRF token."""
-        token = self.admin_token if name is None else db.add_labeler(self.engine, name)
-        client = TestClient(self.app)
-        return client, login(client, token)
-
-    def n_labels(self) -> int:
-        with Session(self.engine) as s:
-            return s.scalar(select(func.count()).select_from(db.Label))
-
-    def item_ids(self) -> list[str]:
-        with Session(self.engine) as s:
-            return list(s.scalars(select(db.Item.id).order_by(db.Item.position)))
+from rlhfkit.labeling.webapp.labels import OFFER_LEASE
 
 
 @pytest.fixture
@@ -51,6 +29,18 @@ def env(db_url, candidates):
 def submit(client, csrf, item, k, **extra):
     data = {"csrf": csrf, "item_id": item, "action": "submit", **full_label(k), **extra}
     return client.post("/label", data=data, follow_redirects=False)
+
+
+def skip(client, csrf, item):
+    return client.post("/label", data={"csrf": csrf, "item_id": item, "action": "skip"}, follow_redirects=False)
+
+
+def expire_offer(env, name: str, item: str) -> None:
+    """Make `name`'s offer of `item` older than the lease, as if they had left the page open too long."""
+    with Session(env.engine) as s, s.begin():
+        labeler = s.scalar(select(db.Labeler.id).where(db.Labeler.name == name))
+        s.execute(update(db.Offer).where(db.Offer.labeler_id == labeler, db.Offer.item_id == item)
+                  .values(offered_at=db.utcnow() - OFFER_LEASE - dt.timedelta(seconds=1)))
 
 
 # ------------------------------------------------------------------------------------------------ access
@@ -80,9 +70,11 @@ def test_a_labeler_cannot_reach_admin_pages_or_exports(env):
 
 def test_wrong_token_and_logout(env):
     client = TestClient(env.app)
-    r = client.post("/login", data={"token": "guess"}, follow_redirects=False)
+    r = client.post("/login", data={"csrf": csrf_of(client.get("/login").text), "token": "guess"},
+                    follow_redirects=False)
     assert r.status_code == 401 and "rlhfkit_session" not in r.headers.get("set-cookie", "")
-    r = client.post("/login", data={"token": db.add_labeler(env.engine, "bob")}, follow_redirects=False)
+    r = client.post("/login", data={"csrf": csrf_of(r.text), "token": db.add_labeler(env.engine, "bob")},
+                    follow_redirects=False)
     assert "httponly" in r.headers["set-cookie"].lower() and "samesite=strict" in r.headers["set-cookie"].lower()
     cookie = client.cookies["rlhfkit_session"]
     csrf = csrf_of(client.get("/label").text)
@@ -136,7 +128,7 @@ def test_posts_without_the_sessions_csrf_token_are_refused(env):
 )
 def test_invalid_labels_are_rejected_and_nothing_is_written(env, change, message):
     client, csrf = env.client("alice")
-    r = submit(client, csrf, env.item_ids()[1], 2, **change)
+    r = submit(client, csrf, shown_item(client), 3, **change)
     assert r.status_code == 400 and "not saved" in r.text and message in r.text.replace("&#39;", "'")
     assert env.n_labels() == 0
 
@@ -160,28 +152,65 @@ def test_submit_moves_progress_and_a_double_submit_is_stored_once(env):
     assert json.loads(label.likert_json) == [4, 4, 4] and json.loads(label.flags_json) == [[], ["harmful"], []]
 
 
-def test_items_are_offered_until_they_have_n_labels_from_different_labelers(env):
+def test_a_shown_item_holds_a_place_until_it_is_labelled_skipped_or_expired(env):
     ids = env.item_ids()  # labels_per_item = 2
     (a, ca), (b, cb), (c, cc) = env.client("a"), env.client("b"), env.client("c")
-    next_id = lambda cl: ITEM_RE.search(cl.get("/label").text).group(1)  # noqa: E731
-    assert next_id(a) == next_id(b) == next_id(c) == ids[0]
-    assert a.post("/label", data={"csrf": ca, "item_id": ids[0], "action": "skip"}).status_code == 200
-    assert next_id(a) == ids[1]  # a skipped: never offered again; skips do not count towards N
-    assert submit(b, cb, ids[0], 3).status_code == 303
-    assert next_id(c) == ids[0]  # one label so far: still open
-    assert submit(c, cc, ids[0], 3).status_code == 303
-    d, _ = env.client("d")
-    assert next_id(d) == ids[1]  # two labels from two labelers: item 0 is done
-    for cl, cs in ((a, ca), (b, cb)):
-        for iid, k in zip(ids[1:], (2, 4)):
-            assert submit(cl, cs, iid, k).status_code == 303
-    assert "All done" in d.get("/label").text and "items complete: 3 / 3" in d.get("/label").text
+    assert shown_item(a) == shown_item(b) == ids[0]
+    assert shown_item(c) == ids[1]  # both places of item 0 are held by a's and b's offers
+    assert shown_item(a) == ids[0]  # a reload shows the same item
+    assert skip(a, ca, ids[0]).headers["location"] == "/label"
+    assert shown_item(a) == ids[1]  # a skipped item is never offered to a again, and the skip freed a place
+    d, cd = env.client("d")
+    assert shown_item(d) == ids[0]
+    assert submit(b, cb, ids[0], 3).status_code == submit(d, cd, ids[0], 3).status_code == 303
+    e, _ = env.client("e")
+    assert shown_item(e) == ids[2]  # item 0 is full, item 1 held by a and c
+    expire_offer(env, "c", ids[1])
+    f, cf = env.client("f")
+    assert shown_item(f) == ids[1]  # c's offer expired: its place went to f
+    r = submit(c, cc, ids[1], 2)
+    assert r.status_code == 409 and "nothing was saved" in r.text and env.n_labels() == 3  # a's skip, b, d
+    assert submit(a, ca, ids[1], 2).status_code == submit(f, cf, ids[1], 2).status_code == 303
+    page = c.get("/label").text
+    assert "items complete: 2 / 3" in page and ITEM_RE.search(page).group(1) == ids[2]
+
+
+def test_a_label_for_an_item_not_offered_is_refused(env):
+    ids = env.item_ids()
+    client, csrf = env.client("alice")
+    assert shown_item(client) == ids[0]
+    for r in (submit(client, csrf, ids[1], 2), skip(client, csrf, ids[2])):
+        assert r.status_code == 409 and "was not offered to you" in r.text
+    assert env.n_labels() == 0
+    assert submit(client, csrf, ids[0], 3).headers["location"] == "/label"
+
+
+def test_an_expired_offer_is_honoured_while_the_item_has_room(env):
+    client, csrf = env.client("alice")
+    item = shown_item(client)
+    expire_offer(env, "alice", item)
+    assert submit(client, csrf, item, 3).headers["location"] == "/label" and env.n_labels() == 1
+
+
+def test_a_label_for_an_item_that_filled_up_meanwhile_is_refused(env):
+    item = env.item_ids()[0]  # labels_per_item = 2
+    (a, ca), (b, cb) = env.client("a"), env.client("b")  # logging in shows each of them the first item
+    assert shown_item(a) == shown_item(b) == item
+    expire_offer(env, "a", item)  # a left the page open; c gets a's place, and c and b label the item
+    c, cc = env.client("c")
+    assert shown_item(c) == item
+    assert submit(b, cb, item, 3).status_code == submit(c, cc, item, 3).status_code == 303
+    r = submit(a, ca, item, 3)
+    assert r.status_code == 409 and "already has the 2 labels it needs" in r.text
+    assert env.n_labels() == 2
+    assert skip(a, ca, item).headers["location"] == "/label"  # a may still put it aside
 
 
 def test_labelers_do_not_see_each_others_labels(env):
     (a, ca), (b, _) = env.client("a"), env.client("b")
     iid = env.item_ids()[0]
-    submit(a, ca, iid, 3, flag_0="harmful", flag_2="untrue", likert_1="7")
+    assert shown_item(a) == iid
+    assert submit(a, ca, iid, 3, flag_0="harmful", flag_2="untrue", likert_1="7").status_code == 303
     page = b.get("/label").text
     assert ITEM_RE.search(page).group(1) == iid
     assert "checked" not in page and "selected" not in page
@@ -200,11 +229,14 @@ def test_loading_the_same_candidates_twice_adds_nothing(env, candidates, tmp_pat
 def _label_everything(env):
     ids = env.item_ids()
     (a, ca), (b, cb) = env.client("ann"), env.client("ben")
-    submit(a, ca, ids[0], 3, rank_0="1", rank_1="2", rank_2="3", flag_0="harmful")
-    submit(b, cb, ids[0], 3, rank_0="3", rank_1="2", rank_2="1", likert_2="6")  # full reversal of ann
-    submit(a, ca, ids[1], 2, rank_0="2", rank_1="1")
-    submit(b, cb, ids[1], 2, rank_0="2", rank_1="1")
-    submit(a, ca, ids[2], 4)
+    assert shown_item(a) == shown_item(b) == ids[0]
+    statuses = [submit(a, ca, ids[0], 3, rank_0="1", rank_1="2", rank_2="3", flag_0="harmful"),
+                submit(b, cb, ids[0], 3, rank_0="3", rank_1="2", rank_2="1", likert_2="6")]  # ann reversed
+    assert shown_item(a) == shown_item(b) == ids[1]
+    statuses += [submit(a, ca, ids[1], 2, rank_0="2", rank_1="1"), submit(b, cb, ids[1], 2, rank_0="2", rank_1="1")]
+    assert shown_item(a) == ids[2]
+    statuses.append(submit(a, ca, ids[2], 4))
+    assert [r.status_code for r in statuses] == [303] * 5
     return ids
 
 

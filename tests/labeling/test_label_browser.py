@@ -1,5 +1,8 @@
-"""Playwright driving Debian's chromium (headless): log in, rank by keyboard and drag, score, submit, see the
-progress move, export as the admin; a screenshot of the labelling page goes to tests/artifacts/."""
+"""Playwright driving Debian's chromium (headless) through a whole labelling session as a person does it: log in,
+rank by keyboard and by drag, score, flag, submit, skip an item, label the last one, see the progress move and
+the done page, log out; then export as the admin. Every form post carries the browser's own Origin header, so
+this also checks the app's same-origin rule against a real browser. Screenshots of the login page and the
+labelling page go to tests/artifacts/ (CI keeps that folder)."""
 
 from __future__ import annotations
 
@@ -30,24 +33,34 @@ def card_order(page) -> list[int]:
     return [int(x) for x in page.locator("#ranking .card").evaluate_all("cs => cs.map(c => c.dataset.index)")]
 
 
-def test_label_an_item_in_a_real_browser(tmp_path, candidates, live_server):
+def progress(page) -> tuple[int, int, int]:
+    """(labelled, skipped, left) as the page shows them."""
+    return tuple(int(page.inner_text(f"#{key}")) for key in ("mine", "skipped", "left"))
+
+
+def test_a_whole_labelling_session_in_a_real_browser(tmp_path, candidates, live_server):
     sync_api = pytest.importorskip("playwright.sync_api")
     url = f"sqlite:///{tmp_path / 'labels.db'}"
     engine = db.open_db(url)
-    load_candidates(engine, candidates)
+    load_candidates(engine, candidates)  # K = 3 (hostile text), 2, 4
     admin_token, token = db.ensure_admin(engine), db.add_labeler(engine, "carol")
     base = live_server(url, candidates).start()
     dialogs: list[str] = []
+    ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1000, "height": 900})
         page.set_default_timeout(10_000)
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(f"{base}/label")  # not signed in: sent to the login form
+        page.wait_for_url(f"{base}/login")
+        page.screenshot(path=str(ARTIFACTS / "login_page.png"))
         page.fill("#token", token)
         page.click("#login")
         page.wait_for_url(f"{base}/label")
-        assert page.inner_text("#mine") == "0"
+        assert progress(page) == (0, 0, 3)
+
+        # Item 1 (K = 3): rank by keys and by drag, score, flag, submit.
         shown = card_order(page)
         cards = page.locator("#ranking .card")
         cards.nth(2).focus()
@@ -63,11 +76,35 @@ def test_label_an_item_in_a_real_browser(tmp_path, candidates, live_server):
         for i, score in zip(range(3), (6, 3, 1)):
             page.select_option(f"select[name=likert_{i}]", str(score))
         page.check(f"input[name=flag_{shown[2]}][value=harmful]")
-        ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "labeling_page.png"), full_page=True)
         page.click("#submit")
         page.wait_for_url(f"{base}/label")
-        assert page.inner_text("#mine") == "1" and page.inner_text("#left") == "2"
+        assert progress(page) == (1, 0, 2)
+
+        # Item 2 (K = 2): skip it, unscored (the skip button needs no valid form).
+        assert page.inner_text("#prompt") == "Second prompt"
+        page.click("#skip")
+        page.wait_for_url(f"{base}/label")
+        assert progress(page) == (1, 1, 1)
+
+        # Item 3 (K = 4): the keyboard alone; the last card shown is moved to the top with ArrowUp.
+        assert page.inner_text("#prompt") == "Third prompt"
+        last = card_order(page)
+        page.locator("#ranking .card").nth(3).focus()
+        for _ in range(3):
+            page.keyboard.press("ArrowUp")
+        assert card_order(page) == [last[3], *last[:3]]
+        for i in range(4):
+            page.select_option(f"select[name=likert_{i}]", str(i + 2))
+        page.click("#submit")
+        page.wait_for_url(f"{base}/label")
+        assert progress(page) == (2, 1, 0) and "nothing left for you to label" in page.inner_text("#done")
+
+        page.click("header button[type=submit]")  # log out
+        page.wait_for_url(f"{base}/login")
+        page.goto(f"{base}/label")
+        page.wait_for_url(f"{base}/login")  # the session is over
+        assert page.locator("#token").is_visible()
         assert dialogs == []  # the <script> / onerror responses never ran
 
         admin = browser.new_page()
@@ -80,10 +117,16 @@ def test_label_an_item_in_a_real_browser(tmp_path, candidates, live_server):
         lines = Path(info.value.path()).read_text(encoding="utf-8").splitlines()
         browser.close()
     with Session(engine) as s:
-        label = s.scalar(select(db.Label))
-    assert json.loads(label.ranking_json) == expected and json.loads(label.likert_json) == [6, 3, 1]
-    assert json.loads(label.flags_json)[shown[2]] == ["harmful"]
+        labels = {lab.item_id: lab for lab in s.scalars(select(db.Label))}
+        prompts = dict(s.execute(select(db.Item.prompt, db.Item.id)).all())
+    first, skipped, third = (labels[prompts[p]] for p in ("Describe <b>this</b> film", "Second prompt",
+                                                          "Third prompt"))
+    assert json.loads(first.ranking_json) == expected and json.loads(first.likert_json) == [6, 3, 1]
+    assert json.loads(first.flags_json)[shown[2]] == ["harmful"]
+    assert skipped.skipped and json.loads(third.ranking_json) == [last[3], *last[:3]]
+    assert json.loads(third.likert_json) == [2, 3, 4, 5]
     prefs = [json.loads(x) for x in lines]
-    assert len(prefs) == 3 and all(p["label"]["labeler"] == "carol" for p in prefs)
+    assert len(prefs) == 3 + 6 and all(p["label"]["labeler"] == "carol" for p in prefs)
     assert (ARTIFACTS / "labeling_page.png").stat().st_size > 10_000
+    assert (ARTIFACTS / "login_page.png").stat().st_size > 2_000
     engine.dispose()

@@ -4,7 +4,10 @@ File formats (docs/formats.md): corpus, sft, prompts, candidates, preferences, r
 parquet file or a Hugging Face `datasets` name is accepted wherever a JSONL path is. Every reader validates each
 record and raises DataError naming `file:line` and the field.
 
-    records.py   validate, read (`iter_records`, `located_records`, `read_records`), `write_jsonl`, `ranking_to_pairs`, `detect_kind`
+    files.py     where a data argument points (`resolve_source`: a local file, or a `datasets` name only when it
+                 cannot be a path), `read_text` with file:line errors, `check_output`, atomic `write_text`
+    records.py   validate, read (`iter_records`, `located_records`, `read_located`, `read_records`),
+                 `write_jsonl`, `ranking_to_pairs`, `detect_kind`
     encode.py    tokenisation into `Encoded` (token ids + loss mask) under the truncation policy
     collate.py   `TokenBatch`, `collate`: Encoded examples padded into (B, T)
     packing.py   `PrefixBatch`, `pack_groups`: a group's sequences in one row, their shared prefix laid out once
@@ -17,13 +20,15 @@ names other modules use are re-exported here.
 from __future__ import annotations
 
 from rlhfkit.data.collate import TokenBatch, collate
-from rlhfkit.data.encode import (Encoded, TruncationStats, encode_messages, encode_pair, encode_prompt,
-                                 encode_sft_records)
+from rlhfkit.data.encode import (Encoded, TruncationStats, check_lengths, encode_messages, encode_pair,
+                                 encode_prompt, encode_sft_records)
+from rlhfkit.data.files import check_output, read_text, resolve_source, write_text
 from rlhfkit.data.records import (
     detect_kind,
     iter_records,
     located_records,
     ranking_to_pairs,
+    read_located,
     read_records,
     validate,
     write_jsonl,
@@ -34,6 +39,8 @@ __all__ = [
     "Encoded",
     "TokenBatch",
     "TruncationStats",
+    "check_lengths",
+    "check_output",
     "collate",
     "detect_kind",
     "encode_messages",
@@ -44,11 +51,15 @@ __all__ = [
     "located_records",
     "load_train_eval",
     "ranking_to_pairs",
+    "read_located",
     "read_records",
+    "read_text",
+    "resolve_source",
     "split_key",
     "split_summary",
     "split_train_eval",
     "validate",
     "warn_shared_prompts",
     "write_jsonl",
+    "write_text",
 ]

@@ -47,6 +47,17 @@ class TruncationStats:
         )
 
 
+def check_lengths(cfg: Any) -> None:
+    """Refuse (one line) a DataConfig whose prompt budget fills the whole sequence: truncation keeps the last
+    `max_prompt_length` prompt tokens, so only `max_prompt_length < max_length` leaves every record room for a
+    response (otherwise records with long prompts would be dropped as having no response left)."""
+    from rlhfkit.errors import RlhfkitError
+
+    if not 0 < cfg.max_prompt_length < cfg.max_length:
+        raise RlhfkitError(f"--data.max-prompt-length {cfg.max_prompt_length} leaves no room for a response within "
+                           f"--data.max-length {cfg.max_length}: it must be at least 1 and less than max-length")
+
+
 def _ids(tokenizer: Any, text: str) -> list[int]:
     """A text's token ids without the tokenizer's own special tokens: BOS is added in `_bos_prefix` and EOS by
     `encode_pair`, so a tokenizer that appends EOS by itself (a saved reward model's) never gives two."""

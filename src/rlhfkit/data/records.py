@@ -7,14 +7,16 @@ formats are described in docs/formats.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.errors import DataError, RlhfkitError
+from rlhfkit.data.files import resolve_source, utf8_error, write_atomic
+from rlhfkit.errors import DataError, MissingPackageError, RlhfkitError
 
 KINDS = ("corpus", "sft", "prompts", "candidates", "preferences", "rankings")
 
@@ -130,33 +132,69 @@ def _json_error(line: str, err: json.JSONDecodeError) -> str:
     return message
 
 
+class _NonFinite(ValueError):
+    """NaN or Infinity in a JSON line: Python's json module reads them, JSON does not have them."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFinite(name)
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[Any, tuple[str, int]]]:
     # utf-8-sig: a byte-order mark at the start of the file (Windows editors write one) is read away
-    with path.open("r", encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            line = line.rstrip("\r\n")
+    try:
+        with path.open("r", encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                line = line.rstrip("\r\n")
+                try:
+                    yield json.loads(line, parse_constant=_refuse_constant), (str(path), lineno)
+                except json.JSONDecodeError as err:
+                    raise DataError(str(path), lineno, _json_error(line, err)) from None
+                except _NonFinite as err:
+                    raise DataError(str(path), lineno, f"{err} is not valid JSON (JSON has no NaN or infinity: "
+                                    "write a number or null)") from None
+    except UnicodeDecodeError:
+        raise utf8_error(path) from None
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence a library's logger (errors included) for the duration."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _iter_table(source: Path | str) -> Iterator[tuple[Any, tuple[str, int]]]:
+    """Rows of a parquet file (a Path) or a `datasets` name (optionally `name:split`), numbered from 1."""
+    try:
+        import datasets  # heavy: imported only for these sources
+    except ImportError:
+        raise MissingPackageError("datasets", f"reading {source} (a parquet file or a datasets name)",
+                                  no_deps=False) from None
+    # datasets and pyarrow raise many types; the user needs the message and the source, not the type. datasets
+    # and the hub client also log failures and retries before raising: quiet, since the one line below says it
+    with _quiet_logger("datasets"), _quiet_logger("huggingface_hub"):
+        if isinstance(source, Path):
             try:
-                yield json.loads(line), (str(path), lineno)
-            except json.JSONDecodeError as err:
-                raise DataError(str(path), lineno, _json_error(line, err)) from None
-
-
-def _iter_table(source: str) -> Iterator[tuple[Any, tuple[str, int]]]:
-    """Rows of a parquet file or a `datasets` name (optionally `name:split`), numbered from 1."""
-    import datasets  # heavy: imported only for these sources
-
-    if source.endswith(".parquet"):
-        table = datasets.Dataset.from_parquet(source)
-    else:
-        name, _, split = source.partition(":")
-        try:
-            table = datasets.load_dataset(name, split=split or "train")
-        except Exception as err:  # datasets raises many types; the user needs the message, not the type
-            raise DataError(source, None, f"could not load as a datasets name: {err}") from None
+                table = datasets.Dataset.from_parquet(str(source))
+            except Exception as err:
+                raise DataError(str(source), None, f"not a readable parquet file ({err})") from None
+        else:
+            name, _, split = source.partition(":")
+            try:
+                table = datasets.load_dataset(name, split=split or "train")
+            except Exception as err:
+                raise DataError(source, None, f"no such local file, and not loadable as a datasets name ({err})") \
+                    from None
     for i, row in enumerate(table, start=1):
-        yield row, (source, i)
+        yield row, (str(source), i)
 
 
 def iter_records(source: str | os.PathLike, kind: str) -> Iterator[dict]:
@@ -167,58 +205,48 @@ def iter_records(source: str | os.PathLike, kind: str) -> Iterator[dict]:
 
 def located_records(source: str | os.PathLike, kind: str) -> Iterator[tuple[dict, tuple[str, int]]]:
     """As iter_records, each record with where it came from: (file or source name, line or row number), so a
-    caller's own checks can name `file:line` too (DataError(*where, ...))."""
-    source = str(source)
-    path = Path(source)
-    if path.suffix in (".jsonl", ".json") or path.exists():
-        if not path.exists():
-            raise DataError(source, None, "file not found")
-        rows = _iter_table(source) if path.suffix == ".parquet" else _iter_jsonl(path)
-    elif source.endswith(".parquet"):
-        raise DataError(source, None, "file not found")
+    caller's own checks can name `file:line` too (DataError(*where, ...)).
+
+    The source is resolved by `resolve_source`: a missing path or a directory fails at once, naming it; only a
+    bare `name` / `owner/name` that is no local path is read with `datasets`."""
+    resolved = resolve_source(source)
+    if isinstance(resolved, Path) and resolved.suffix != ".parquet":
+        rows = _iter_jsonl(resolved)
     else:
-        rows = _iter_table(source)
+        rows = _iter_table(resolved)
     for rec, where in rows:
         yield validate(rec, kind, where), where
 
 
+def read_located(source: str | os.PathLike, kind: str) -> list[tuple[dict, tuple[str, int]]]:
+    """All validated records of `kind`, each with its (file, line) as `located_records` gives them; an empty
+    source is an error (nothing to work on)."""
+    located = list(located_records(source, kind))
+    if not located:
+        raise DataError(str(source), None, f"no {kind} records found")
+    return located
+
+
 def read_records(source: str | os.PathLike, kind: str) -> list[dict]:
     """All validated records of `kind`; an empty source is an error (nothing to train on)."""
-    records = list(iter_records(source, kind))
-    if not records:
-        raise DataError(str(source), None, f"no {kind} records found")
-    return records
-
-
-def _create_temp(path: Path) -> tuple[int, Path]:
-    """A new, empty temporary file beside `path`, opened for writing: (fd, its path). Created with mode 0666
-    minus the umask, as `open(path, "w")` would (tempfile.mkstemp makes 0600 files, private to the owner)."""
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary file name beside {path}")
+    return [rec for rec, _where in read_located(source, kind)]
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
-    """Write records as JSON Lines atomically (temp file + rename); returns the number written. The file gets
-    the mode a plain `open(path, "w")` gives a new file (0666 minus the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp(path)
-    n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
+    """Write records as JSON Lines atomically (`rlhfkit.data.files.write_atomic`: temp file + rename, nothing
+    left behind on failure); returns the number written. The file gets the mode a plain `open(path, "w")` gives a
+    new file (0666 minus the umask). A record holding NaN or infinity is refused: JSON has neither."""
+
+    def write(f: Any) -> int:
+        n = 0
+        for n, rec in enumerate(records, start=1):
+            try:
+                f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+            except ValueError as err:  # allow_nan=False: NaN or infinity in the record
+                raise RlhfkitError(f"{path}: record {n} cannot be written as JSON ({err})") from None
+        return n
+
+    return write_atomic(path, write)
 
 
 def ranking_tiers(ranking: Sequence[int | Sequence[int]]) -> list[list[int]]:
@@ -248,28 +276,28 @@ def detect_kind(source: str | os.PathLike | None, allowed: Sequence[str], fmt: s
     """The record kind of `source`: `fmt` unless it is "auto", else read from the first JSONL record ("ranking":
     rankings, "chosen": preferences, "responses": candidates).
 
-    A source that cannot be sniffed (none given, missing, not a file, parquet, a `datasets` name) gives
-    `unreadable`; with unreadable=None it raises RlhfkitError asking for --format. A first record of no kind in
-    `allowed` also gives `unreadable` (the reader then names its missing field with file:line); with
-    unreadable=None it raises DataError naming file:line. A malformed or missing first record gives allowed[0]:
-    the reader reports it with file:line.
+    A source that cannot be sniffed (none given, parquet, a `datasets` name) gives `unreadable`; with
+    unreadable=None it raises RlhfkitError asking for --format. A missing path or a directory is refused as the
+    reader refuses it (`resolve_source`). A first record of no kind in `allowed` also gives `unreadable` (the
+    reader then names its missing field with file:line); with unreadable=None it raises DataError naming
+    file:line. A malformed or missing first record gives allowed[0]: the reader reports it with file:line.
     """
     if fmt != "auto":
         return fmt
-    path = Path(source) if source else None
-    if path is None or not path.is_file() or path.suffix == ".parquet":
+    path = resolve_source(source) if source else None
+    if not isinstance(path, Path) or path.suffix == ".parquet":
         if unreadable is not None:
             return unreadable
         raise RlhfkitError(f"cannot tell the record kind of '{source}': pass --format {'|'.join(allowed)}")
     lineno, line = 0, ""
-    with path.open(encoding="utf-8-sig") as f:  # as the reader: a byte-order mark at the start is read away
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                break
     try:
+        with path.open(encoding="utf-8-sig") as f:  # as the reader: a byte-order mark at the start is read away
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    break
         rec = json.loads(line)
-    except json.JSONDecodeError:
-        return allowed[0]  # the reader reports the malformed line with file:line
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return allowed[0]  # the reader reports the bad line with file:line
     kind = ("rankings" if "ranking" in rec else "preferences" if "chosen" in rec else
             "candidates" if "responses" in rec else None) if isinstance(rec, dict) else None
     if kind not in allowed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from rlhfkit import config as config_lib
 from rlhfkit.dpo.config import DPOConfig
 from rlhfkit.dpo.offline import run_dpo
 from rlhfkit.dpo.online import run_online
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import DataError, RlhfkitError
 from rlhfkit.tracking import say
 
 
@@ -35,13 +36,27 @@ class BetaForKLArgs:
 
 def read_beta_kl(run_dir: str) -> tuple[float, float]:
     """(beta, final KL) from a DPO run's summary.json."""
+    from rlhfkit.data import read_text
+
     path = Path(run_dir) / "summary.json"
     if not path.exists():
         raise RlhfkitError(f"{path} not found: is {run_dir} a finished DPO run?")
-    summary = json.loads(path.read_text())
+    try:
+        summary = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(str(path), err.lineno, f"not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(summary, dict):
+        raise DataError(str(path), None, "expected a JSON object (a DPO run's summary)")
     if summary.get("beta") is None or summary.get("kl") is None:
         raise RlhfkitError(f"{path} has no beta or kl (was the run's sampled KL turned off with --kl-prompts 0?)")
-    return float(summary["beta"]), float(summary["kl"])
+    try:
+        beta, kl = float(summary["beta"]), float(summary["kl"])
+    except (TypeError, ValueError):
+        beta = kl = math.nan
+    if not (math.isfinite(beta) and math.isfinite(kl)):
+        raise DataError(str(path), None, f"beta and kl must be finite numbers, got {summary['beta']!r} and "
+                        f"{summary['kl']!r}")
+    return beta, kl
 
 
 def beta_for_kl_main(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import DataConfig
-from rlhfkit.data import (detect_kind, encode_prompt, read_records, split_summary, split_train_eval,
+from rlhfkit.data import (check_lengths, detect_kind, encode_prompt, read_records, split_summary, split_train_eval,
                           warn_shared_prompts)
 from rlhfkit.data.packing import supports_shared_prefix
 from rlhfkit.dpo.config import DPOConfig, check_loss_options
@@ -23,7 +23,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.generation import sample
 from rlhfkit.logprobs import Reference, sequence_logprob_sums
 from rlhfkit.sampling import SamplingConfig
-from rlhfkit.tracking import Run, say
+from rlhfkit.tracking import Run, check_run_dir, say
 
 PAIR_KINDS = ("preferences", "rankings")  # a source that cannot be sniffed (parquet, a datasets name): pairs
 
@@ -68,11 +68,9 @@ def setup(cfg: DPOConfig) -> Setup:
     from rlhfkit.loop import make_accelerator
     from rlhfkit.models import apply_lora, check_lora, load_causal_lm
 
-    from rlhfkit.tracking import check_run_dir
-
     check_loss_options(cfg)
     check_lora(cfg.model, cfg.lora)
-    check_run_dir(cfg.out, cfg.train.resume)  # refuse a used --out before loading anything
+    check_lengths(cfg.data)
     accelerator = make_accelerator(cfg.train)
     model, tokenizer = load_causal_lm(cfg.model, seed=cfg.train.seed)
     model = apply_lora(model, cfg.lora).to(accelerator.device)
@@ -143,15 +141,24 @@ def load_pair_records(data: DataConfig, seed: int) -> tuple[list[dict], list[dic
     return as_pairs(train, kind), as_pairs(held, kind)
 
 
+def check_pairs_fit(s: Setup, pairs: list[Pair]) -> None:
+    """Refuse pairs with a side longer than the model's context (`rlhfkit.models.check_context`)."""
+    from rlhfkit.models import check_context
+
+    check_context(s.model, (e for p in pairs for e in (p.chosen, p.rejected)), s.cfg.data.max_length)
+
+
 def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
     """Offline DPO (or a baseline) on a preferences / rankings file; returns the summary."""
+    check_run_dir(cfg.out, cfg.train.resume)  # a used or unwritable --out is refused before anything is read
     train_recs, eval_recs = load_pair_records(cfg.data, cfg.train.seed)  # bad data fails before any model loads
     s = setup(cfg)
-    run = Run(cfg.out, cfg, is_main=s.accelerator.is_main_process)
     train_pairs, dropped = encode_pairs(s.tokenizer, train_recs, cfg.data)
     eval_pairs, _ = encode_pairs(s.tokenizer, eval_recs, cfg.data)
     if not train_pairs:
         raise RlhfkitError(f"{cfg.data.train}: no pair survived the length policy ({dropped} dropped)")
+    check_pairs_fit(s, train_pairs + eval_pairs)
+    run = Run(cfg.out, cfg, is_main=s.accelerator.is_main_process)  # after every check: a refusal leaves no run
     split = split_summary(train_recs, eval_recs)
     say(f"dpo ({cfg.loss}): {len(train_pairs)} training pairs of {split['train_prompts']} prompts ({dropped} "
         f"dropped), {len(eval_pairs)} held out of {split['eval_prompts']} prompts")

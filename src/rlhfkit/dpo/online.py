@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.data import encode_prompt, read_records, split_summary, split_train_eval, write_jsonl
+from rlhfkit.data import encode_prompt, read_located, split_summary, split_train_eval, write_jsonl
 from rlhfkit.dpo.config import DPOConfig
 from rlhfkit.dpo.objective import encode_pairs
-from rlhfkit.dpo.offline import Setup, finish, setup, train_round
+from rlhfkit.dpo.offline import Setup, check_pairs_fit, finish, setup, train_round
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.generation import decode_responses, sample
+from rlhfkit.generation import check_room, decode_responses, sample
 from rlhfkit.sampling import SamplingConfig
-from rlhfkit.tracking import Run, say
+from rlhfkit.tracking import Run, check_run_dir, say
 
 
 def sample_candidates(s: Setup, prompts: list[str], round_index: int) -> list[dict]:
@@ -30,27 +30,31 @@ def sample_candidates(s: Setup, prompts: list[str], round_index: int) -> list[di
             for i, p in enumerate(prompts)]
 
 
-def label_round(s: Setup, candidates: list[dict], round_index: int, scorer: Any) -> tuple[list[dict], dict]:
-    """Preference records for the round's candidates (the labeler drops and counts empty responses)."""
+def label_round(s: Setup, candidates: list[dict], round_index: int, scorer: Any,
+                where: dict[str, tuple[str, int]] | None = None) -> tuple[list[dict], dict]:
+    """Preference records for the round's candidates (the labeler drops and counts empty responses). where:
+    each prompt's (file, line) in --prompts, named if the judge returns NaN for one of its responses."""
     from rlhfkit.labeling.auto import label_candidates
     from rlhfkit.labeling.gold import scorer_source
 
     records, counts = label_candidates(candidates, scorer, "pairs", s.cfg.label_temperature,
-                                       s.cfg.train.seed + round_index, s.cfg.judge, scorer_source(s.cfg.judge))
+                                       s.cfg.train.seed + round_index, s.cfg.judge, scorer_source(s.cfg.judge),
+                                       [where[c["prompt"]] for c in candidates] if where is not None else None)
     return records, dict(counts)
 
 
 def online_round_records(s: Setup, train_prompts: list[str], held_prompts: list[str], round_index: int,
-                         scorer: Any, round_dir: Path) -> tuple[list[dict], list[dict], dict]:
+                         scorer: Any, round_dir: Path,
+                         where: dict[str, tuple[str, int]] | None = None) -> tuple[list[dict], list[dict], dict]:
     """Sample and label one online round; returns (training pairs, held-out pairs, label counts).
 
     Training pairs come only from the train prompts and held-out pairs only from the held-out prompts, so no
     held-out prompt is trained on in any round. Writes round-<i>/{candidates,preferences}.jsonl (training)
-    and round-<i>/eval_{candidates,preferences}.jsonl (held out).
+    and round-<i>/eval_{candidates,preferences}.jsonl (held out). where: as for `label_round`.
     """
     held = set(held_prompts)
     candidates = sample_candidates(s, train_prompts + held_prompts, round_index)  # one sampling pass for both
-    records, counts = label_round(s, candidates, round_index, scorer)
+    records, counts = label_round(s, candidates, round_index, scorer, where)
     train_recs = [r for r in records if r["prompt"] not in held]
     eval_recs = [r for r in records if r["prompt"] in held]
     if s.accelerator.is_main_process:
@@ -71,9 +75,16 @@ def run_online(cfg: DPOConfig) -> dict[str, Any]:
 
     if not cfg.prompts:
         raise RlhfkitError("--online needs --prompts FILE (prompts JSONL)")
+    check_run_dir(cfg.out, cfg.train.resume)  # a used or unwritable --out is refused before anything is read
+    located = read_located(cfg.prompts, "prompts")[: cfg.data.max_records]
     scorer = make_scorer(cfg.judge)  # fail before any sampling if the judge cannot be built
-    prompts = [r["prompt"] for r in read_records(cfg.prompts, "prompts")][: cfg.data.max_records]
+    prompts = [r["prompt"] for r, _ in located]
+    where = {}
+    for rec, at in located:
+        where.setdefault(rec["prompt"], at)  # a repeated prompt is named by its first line
     s = setup(cfg)
+    check_room(s.model, [encode_prompt(s.tokenizer, p) for p in prompts], cfg.max_new_tokens,
+               [where[p] for p in prompts])
     run = Run(cfg.out, cfg, is_main=s.accelerator.is_main_process)
     train_prompts, held_prompts = split_train_eval(prompts, cfg.data.eval_fraction, cfg.train.seed)
     if s.accelerator.is_main_process:
@@ -81,11 +92,13 @@ def run_online(cfg: DPOConfig) -> dict[str, Any]:
     rounds = []
     for i in range(1, cfg.rounds + 1):
         round_dir = run.dir / f"round-{i}"
-        train_recs, eval_recs, counts = online_round_records(s, train_prompts, held_prompts, i, scorer, round_dir)
+        train_recs, eval_recs, counts = online_round_records(s, train_prompts, held_prompts, i, scorer, round_dir,
+                                                             where)
         train_pairs, _ = encode_pairs(s.tokenizer, train_recs, cfg.data)
         eval_pairs, _ = encode_pairs(s.tokenizer, eval_recs, cfg.data)
         if not train_pairs:
             raise RlhfkitError(f"round {i}: the judge left no usable pair ({counts}); sample more or longer")
+        check_pairs_fit(s, train_pairs + eval_pairs)
         say(f"dpo online round {i}/{cfg.rounds}: {len(train_pairs)} pairs from {len(train_prompts)} prompts, "
             f"{len(eval_pairs)} held out from {len(held_prompts)} prompts {counts}")
         round_run = Run(round_dir, cfg, s.accelerator.is_main_process)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, MutableMapping, Protocol, Sequence, TypeVar
 
 from rlhfkit.config import TrainConfig
+from rlhfkit.data.files import check_output, write_text
 from rlhfkit.report import stage_outcome
 from rlhfkit.tracking import say
 
@@ -122,6 +123,9 @@ class Recipe(Generic[C]):
     """Seconds per stage, per preset, for the ETA line only; a stage not named uses the preset's "method"."""
     report: ReportFn
     """The recipe's findings and other report entries, from the evaluated methods."""
+    check: Callable[[C], None] | None = None
+    """Refuses (RlhfkitError), before the first stage, what would fail only later: a missing package, a base
+    model directory that does not exist. Read-only and fast."""
 
 
 # --------------------------------------------------------------------------------------------------- stages
@@ -139,8 +143,7 @@ def run_stage(exp: Experiment[Any], name: str, fn: StageFn, index: int, total: i
     t0 = time.time()
     out = fn(exp)
     result = {"name": name, **out, "seconds": time.time() - t0, "status": out.get("status", "done")}
-    done_file.parent.mkdir(parents=True, exist_ok=True)
-    done_file.write_text(json.dumps(result, indent=2))
+    write_text(done_file, json.dumps(result, indent=2))  # atomic: a torn stage file would count as finished
     if not exp.cfg.keep_checkpoints:
         drop_checkpoints(result)
     if result["status"] == "done":
@@ -198,7 +201,9 @@ def run(recipe: Recipe[C], cfg: C) -> dict:
     if cfg.seeds < 1:
         raise RlhfkitError(f"--seeds must be >= 1, got {cfg.seeds}")
     out = Path(cfg.out or f"runs/{recipe.name}-{cfg.preset}")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, directory=True)
+    if recipe.check is not None:
+        recipe.check(cfg)
     config_lib.save(cfg, out / "config.yaml")
     stages = plan(recipe, cfg)
     exp = Experiment(cfg, out, stage_estimates(recipe.estimates[cfg.preset], stages))

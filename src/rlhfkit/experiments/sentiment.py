@@ -424,10 +424,29 @@ def replicated_stages(cfg: SentimentConfig) -> list[NamedStage]:
     return REPLICATED_STAGES + [(m.name, (lambda e, m=m: m.train(e, m))) for m in methods_for(cfg)]
 
 
+def check_inputs(cfg: SentimentConfig) -> None:
+    """What the experiment needs from outside, checked before its first stage rather than when a stage reaches
+    it (the gold reward is first used after SFT, the plots at the very end): the corpus packages, VADER,
+    matplotlib, and a base model directory other than the presets' models."""
+    import importlib.util
+
+    from rlhfkit.corpus import chitchat_path, rotten_tomatoes_path
+    from rlhfkit.errors import MissingPackageError
+    from rlhfkit.labeling.gold import make_scorer
+    from rlhfkit.models import resolve_model_name
+
+    rotten_tomatoes_path(), chitchat_path()
+    make_scorer("vader")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise MissingPackageError("matplotlib", "the experiment's report plots", no_deps=False)
+    if cfg.base_model not in ("tiny", "smollm2"):  # smollm2 is found (or converted) by the first stage's load
+        resolve_model_name(cfg.base_model)
+
+
 RECIPE: Recipe[SentimentConfig] = Recipe(
     name="sentiment", title="Controlled sentiment generation", config=SentimentConfig, presets=PRESETS,
     shared=SHARED_STAGES, replicated=replicated_stages, final=[("evaluate", stage_evaluate)],
-    estimates=ESTIMATES, report=report_entries)
+    estimates=ESTIMATES, report=report_entries, check=check_inputs)
 
 
 def stages_for(cfg: SentimentConfig) -> list[Stage]:

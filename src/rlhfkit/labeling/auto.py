@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from rlhfkit.data import read_records, write_jsonl
+from rlhfkit.data import check_output, read_located, write_jsonl
 from rlhfkit.labeling.gold import Scorer, checked_scores, make_scorer, scorer_source
 
 
@@ -90,10 +90,13 @@ def temperature_for_agreement(gaps: list[float], target: float = 0.73) -> float:
     return math.exp((lo + hi) / 2)
 
 
-def _all_scores(candidates: list[dict], scorer: Scorer, spec: str) -> list[list[float]]:
-    """Score every (prompt, response) in one call; split back per candidate record."""
+def _all_scores(candidates: list[dict], scorer: Scorer, spec: str,
+                where: list[tuple[str, int]] | None = None) -> list[list[float]]:
+    """Score every (prompt, response) in one call; split back per candidate record. where: each record's
+    (file, line), named when the scorer returns a non-finite score."""
     prompts = [c["prompt"] for c in candidates for _ in c["responses"]]
-    flat = checked_scores(scorer, prompts, [r for c in candidates for r in c["responses"]], spec)
+    flat_where = [w for c, w in zip(candidates, where) for _ in c["responses"]] if where is not None else None
+    flat = checked_scores(scorer, prompts, [r for c in candidates for r in c["responses"]], spec, flat_where)
     offsets = list(itertools.accumulate([len(c["responses"]) for c in candidates], initial=0))
     return [flat[a:b] for a, b in zip(offsets, offsets[1:])]
 
@@ -152,11 +155,13 @@ def label_candidates(
     seed: int = 0,
     labeler_name: str = "custom",
     source: str = "gold",
+    where: list[tuple[str, int]] | None = None,
 ) -> tuple[list[dict], Counter]:
     """Preference (mode="pairs") or ranking records for every candidate record, with provenance on each:
     {"source", "labeler", "time" (ISO UTC), "temperature", "seed", "policy", "scores"} (scores of chosen and
     rejected, or of the responses in their given order). Returns (records, counts): what was dropped (the
-    module docstring says when) and, for rankings, `rankings_with_ties` (records kept whose scores tie)."""
+    module docstring says when) and, for rankings, `rankings_with_ties` (records kept whose scores tie).
+    where: each candidate record's (file, line), named if the scorer returns NaN or infinity for it."""
     if mode not in ("pairs", "rankings"):
         raise ValueError(f"mode must be 'pairs' or 'rankings', got {mode!r}")
     if temperature < 0:
@@ -168,7 +173,7 @@ def label_candidates(
         counts.update(empty_dropped=0, identical_dropped=0, rankings_with_ties=0)
     records: list[dict] = []
     build = _pair_records if mode == "pairs" else _ranking_record
-    for cand, scores in zip(candidates, _all_scores(candidates, scorer, labeler_name)):
+    for cand, scores in zip(candidates, _all_scores(candidates, scorer, labeler_name, where)):
         label = {"source": source, "labeler": labeler_name, "time": time, "temperature": temperature,
                  "seed": seed, "policy": cand.get("policy")}
         records += build(cand, scores, temperature, rng, label, counts)
@@ -196,10 +201,12 @@ def main(argv: list[str]) -> int:
     from rlhfkit.config import parse
 
     args = parse(AutoLabelArgs, argv, prog="rlhfkit label auto")
+    check_output(args.out)
+    located = read_located(args.candidates, "candidates")  # bad data fails before a judge model loads
     scorer = make_scorer(args.judge)
-    candidates = read_records(args.candidates, "candidates")
     records, counts = label_candidates(
-        candidates, scorer, args.mode, args.temperature, args.seed, args.judge, scorer_source(args.judge)
+        [rec for rec, _ in located], scorer, args.mode, args.temperature, args.seed, args.judge,
+        scorer_source(args.judge), [where for _, where in located],
     )
     write_jsonl(args.out, records)
     print(json.dumps(dict(counts)))

@@ -16,8 +16,9 @@ import functools
 import importlib
 import importlib.util
 import math
+from collections.abc import Sequence
 
-from rlhfkit.errors import MissingPackageError, RlhfkitError
+from rlhfkit.errors import DataError, MissingPackageError, RlhfkitError
 from rlhfkit.protocols import Scorer
 
 
@@ -71,11 +72,20 @@ def _reward_model_scorer(path: str) -> Scorer:
     return load_reward_scorer(path)
 
 
-def checked_scores(scorer: Scorer, prompts: list[str], responses: list[str], spec: str) -> list[float]:
-    """Call the scorer and insist on N finite numbers: a user's function gets a clear error, not a crash later."""
+def checked_scores(scorer: Scorer, prompts: list[str], responses: list[str], spec: str,
+                   where: Sequence[tuple[str, int] | None] | None = None) -> list[float]:
+    """Call the scorer and insist on N finite numbers: a user's function gets a clear error, not a crash later.
+
+    where: the (file, line) each response's record came from, if any; a non-finite score then names it, so
+    the record that made a user's function return NaN can be found."""
     scores = [float(s) for s in scorer(prompts, responses)]
     if len(scores) != len(responses):
         raise RlhfkitError(f"judge '{spec}' returned {len(scores)} scores for {len(responses)} responses")
-    if not all(math.isfinite(s) for s in scores):
-        raise RlhfkitError(f"judge '{spec}' returned a non-finite score")
-    return scores
+    bad = next((i for i, s in enumerate(scores) if not math.isfinite(s)), None)
+    if bad is None:
+        return scores
+    what = f"judge '{spec}' returned {scores[bad]} for response {responses[bad][:40]!r}"
+    source = where[bad] if where is not None else None
+    if source is not None:
+        raise DataError(*source, what)
+    raise RlhfkitError(f"{what} to prompt {prompts[bad][:40]!r}")

@@ -49,6 +49,7 @@ class Trainer:
     prompts: list[list[int]]
     prompt_texts: list[str]
     ptx_batches: Iterator | None = None
+    prompt_where: list[tuple[str, int]] | None = None  # each prompt's (file, line), named if its reward is NaN
 
     @property
     def inner(self) -> PolicyWithValue:
@@ -76,8 +77,9 @@ def score(tr: Trainer, rows: list[int], rollout: Rollout) -> torch.Tensor:
     from rlhfkit.labeling.gold import checked_scores
 
     prompts = [tr.prompt_texts[i] for i in rows for _ in range(tr.cfg.group_size)]
+    where = [tr.prompt_where[i] for i in rows for _ in range(tr.cfg.group_size)] if tr.prompt_where else None
     responses = decode_responses(tr.tokenizer, rollout)
-    return torch.tensor(checked_scores(tr.scorer, prompts, responses, tr.cfg.reward), dtype=torch.float32)
+    return torch.tensor(checked_scores(tr.scorer, prompts, responses, tr.cfg.reward, where), dtype=torch.float32)
 
 
 def ppo_step(tr: Trainer, step: int) -> dict[str, float]:

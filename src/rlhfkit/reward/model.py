@@ -176,8 +176,8 @@ def load_reward_model(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
 
     torch.manual_seed(seed)  # the freshly initialised head is seeded too
     if cfg.name == "tiny":
+        tokenizer = reward_tokenizer(load_tokenizer(cfg.tokenizer or "gpt2"))  # first: a missing package, one line
         say(UNTRAINED_NOTE)
-        tokenizer = reward_tokenizer(load_tokenizer(cfg.tokenizer or "gpt2"))
         lm_config = build_tiny(tokenizer, cfg.tiny, seed).config
         lm_config.num_labels = 1
         model = AutoModelForSequenceClassification.from_config(lm_config)
@@ -213,9 +213,12 @@ def load_saved_reward_model(path: str | Path) -> tuple[Any, Any]:
     tokenizer is used as saved: rlhfkit's encoding appends the EOS itself whether or not the tokenizer would."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from rlhfkit.models import resolve_model_name
+
+    name = resolve_model_name(str(path))  # a missing directory is named, not looked up on the hub
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path))
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
         raise RlhfkitError(f"could not load a reward model from '{path}': {err}") from None
     if model.config.num_labels != 1:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from rlhfkit.config import DataConfig
-from rlhfkit.data import Encoded, collate, detect_kind, encode_pair, read_records, write_jsonl
+from rlhfkit.data import (Encoded, check_output, collate, detect_kind, encode_pair, read_located, read_records,
+                          write_jsonl, write_text)
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.logprobs import eval_mode
 from rlhfkit.reward.groups import Group, encode_groups
@@ -106,8 +107,13 @@ def reward_norm(rewards: Sequence[float], source: str) -> dict[str, Any]:
 
 
 def reference_responses(source: str) -> list[tuple[str, str]]:
-    """(prompt, response) of every response in a candidates, preferences or rankings file."""
-    kind = detect_kind(source, ("candidates", "preferences", "rankings"))
+    """(prompt, response) of every response in a candidates, preferences or rankings JSONL file (`--norm-reference`;
+    its kind is read from its first record, so a parquet file or a `datasets` name, which cannot be sniffed and
+    have no --format of their own here, are refused in one line)."""
+    kind = detect_kind(source, ("candidates", "preferences", "rankings"), unreadable="")
+    if not kind:
+        raise RlhfkitError(f"--norm-reference {source}: needs a JSONL file (its record kind is read from its first "
+                           "record)")
     out = []
     for rec in read_records(source, kind):
         responses = [rec["chosen"], rec["rejected"]] if kind == "preferences" else rec["responses"]
@@ -181,27 +187,40 @@ def format_report(report: dict[str, Any]) -> str:
 # -------------------------------------------------------------------------------------------------- stages
 def run_rm_eval(cfg: RMEvalConfig) -> dict[str, Any]:
     """Accuracy, mean margin and calibration of a saved reward model on a preferences / rankings file."""
-    model, tokenizer = load_saved_reward_model(cfg.model)
+    if not cfg.data:
+        raise RlhfkitError("rm eval needs --data (a preferences or rankings file)")
+    if cfg.out:
+        check_output(cfg.out)
     kind = detect_kind(cfg.data, ("preferences", "rankings"), cfg.format)
+    records = read_records(cfg.data, kind)  # bad data fails before the model loads
+    model, tokenizer = load_saved_reward_model(cfg.model)
     encoding = getattr(model.config, "rlhfkit_encoding", None) or DEFAULT_ENCODING
     data = DataConfig(max_length=encoding["max_length"], max_prompt_length=encoding["max_prompt_length"])
-    groups, stats = encode_groups(tokenizer, read_records(cfg.data, kind), data)
+    groups, stats = encode_groups(tokenizer, records, data)
     rewards = score_groups(model, groups, tokenizer.pad_token_id, cfg.batch_size)
     report = pair_report(rewards, cfg.calibration_bins, [g.ranks for g in groups])
     report = {**report, "data": stats.as_dict(), "model": str(cfg.model), "file": cfg.data}
     if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(report, indent=2))
+        write_text(cfg.out, json.dumps(report, indent=2))
     return report
 
 
 def run_rm_score(cfg: RMScoreConfig) -> int:
-    """Write the candidates file with `"scores"` added to every record; returns the number of records."""
+    """Write the candidates file with `"scores"` added to every record; returns the number of records. A
+    non-finite reward (a broken model) is refused, naming the record's file:line."""
+    from rlhfkit.labeling.gold import checked_scores
+
+    if not cfg.data:
+        raise RlhfkitError("rm score needs --data (a candidates file)")
     if not cfg.out:
         raise RlhfkitError("rm score needs --out (where to write the scored candidates)")
-    records = read_records(cfg.data, "candidates")
+    check_output(cfg.out)
+    located = read_located(cfg.data, "candidates")  # bad data fails before the model loads
+    records = [rec for rec, _ in located]
     scorer = load_reward_scorer(cfg.model, normalize=cfg.normalize, batch_size=cfg.batch_size)
-    flat = scorer([r["prompt"] for r in records for _ in r["responses"]], [x for r in records for x in r["responses"]])
+    flat = checked_scores(scorer, [r["prompt"] for r in records for _ in r["responses"]],
+                          [x for r in records for x in r["responses"]], f"rm:{cfg.model}",
+                          [where for rec, where in located for _ in rec["responses"]])
     out, start = [], 0
     for rec in records:
         out.append({**rec, "scores": flat[start : start + len(rec["responses"])]})

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from rlhfkit.data import TokenBatch, collate, detect_kind, load_train_eval, split_summary
+from rlhfkit.data import TokenBatch, check_lengths, collate, detect_kind, load_train_eval, split_summary
 from rlhfkit.data.packing import PrefixBatch, pack_groups
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.losses import bradley_terry_loss, plackett_luce_loss
@@ -26,7 +26,7 @@ from rlhfkit.reward.groups import Group, encode_groups
 from rlhfkit.reward.model import RewardModel, load_reward_model, save_reward_model, supports_packing
 from rlhfkit.reward.score import (encode_for_scoring, pair_report, reference_responses, reward_norm, score_encoded,
                                   score_groups)
-from rlhfkit.tracking import Run, say
+from rlhfkit.tracking import Run, check_run_dir, say
 
 
 @dataclass(frozen=True)
@@ -199,12 +199,13 @@ def _check_margin(cfg: RMConfig, groups: Sequence[Group]) -> None:
 
 
 def _norm_for(cfg: RMConfig, model: Any, tokenizer: Any, held_rewards: list[list[float]], train: list[Group],
-              batch_size: int) -> dict[str, Any]:
-    """Reward mean/std over the reference file, else the held-out responses, else the training responses."""
+              batch_size: int, reference: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """Reward mean/std over the reference file's (prompt, response) pairs (`reference`, read from
+    cfg.norm_reference), else the held-out responses, else the training responses."""
     pad = tokenizer.pad_token_id
-    if cfg.norm_reference:
+    if reference is not None:
         encoding = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length}
-        examples = [encode_for_scoring(tokenizer, p, r, encoding) for p, r in reference_responses(cfg.norm_reference)]
+        examples = [encode_for_scoring(tokenizer, p, r, encoding) for p, r in reference]
         return reward_norm(score_encoded(model, examples, pad, batch_size), cfg.norm_reference)
     if held_rewards:
         return reward_norm([r for g in held_rewards for r in g], "held-out responses")
@@ -214,17 +215,24 @@ def _norm_for(cfg: RMConfig, model: Any, tokenizer: Any, held_rewards: list[list
 def run_rm_train(cfg: RMConfig) -> dict[str, Any]:
     """Train, evaluate on held-out pairs, measure the normalisation, save; returns a summary."""
     from rlhfkit.loop import fit, make_accelerator
+    from rlhfkit.models import check_context
 
-    accelerator = make_accelerator(cfg.train)
-    run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)
+    check_lengths(cfg.data)
+    if not cfg.data.train:
+        raise RlhfkitError("no training data: pass --data.train FILE (preferences or rankings JSONL)")
+    check_run_dir(cfg.out, cfg.train.resume)  # a used or unwritable --out is refused before anything is read
     kind = detect_kind(cfg.data.train, ("preferences", "rankings"), cfg.format)
     train_recs, eval_recs = load_train_eval(cfg.data, kind, cfg.train.seed)  # held out by prompt
+    reference = reference_responses(cfg.norm_reference) if cfg.norm_reference else None  # read before training
+    accelerator = make_accelerator(cfg.train)
     model, tokenizer = load_reward_model(cfg.model, cfg.train.seed)
     train, stats = encode_groups(tokenizer, train_recs, cfg.data)
     held, held_stats = encode_groups(tokenizer, eval_recs, cfg.data)
+    check_context(model, (e for g in train + held for e in g.examples), cfg.data.max_length)
     if not train:
         raise RlhfkitError(f"no training {kind} left after encoding ({stats.as_dict()})")
     _check_margin(cfg, train)
+    run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)  # after every check: a refusal leaves no run
     split = split_summary(train_recs, eval_recs)
     say(f"rm: {len(train)} records of {split['train_prompts']} prompts / {sum(len(g.examples) for g in train)} "
         f"responses to train on ({stats.truncation.summary()}; {stats.duplicates} repeated responses, "
@@ -240,7 +248,7 @@ def run_rm_train(cfg: RMConfig) -> dict[str, Any]:
     model = accelerator.unwrap_model(rm).model
     held_rewards = score_groups(model, held, pad, cfg.train.batch_size) if held else []
     report = pair_report(held_rewards, cfg.calibration_bins, [g.ranks for g in held])
-    norm = _norm_for(cfg, model, tokenizer, held_rewards, train, cfg.train.batch_size)
+    norm = _norm_for(cfg, model, tokenizer, held_rewards, train, cfg.train.batch_size, reference)
     summary = {"step": result.step, "planned_steps": result.planned_steps, "status": result.status,
                "held_out": report, "reward_norm": norm,
                "data": {"kind": kind, "train": stats.as_dict(), "eval": held_stats.as_dict(),

@@ -10,8 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import secrets
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import (
     Boolean,
@@ -22,12 +27,14 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
+    inspect,
     select,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from rlhfkit.errors import RlhfkitError
@@ -35,6 +42,8 @@ from rlhfkit.errors import RlhfkitError
 MIN_K, MAX_K = 2, 9  # responses per item the page can show and the keyboard can address (digits 1-9)
 FLAGS = ("harmful", "untrue")
 SESSION_DAYS = 14
+MAX_NAME = 200  # characters in a labeler's name (the column's width)
+PG_CONNECT_TIMEOUT_S = 5  # an unreachable server fails the command in seconds, not after the OS's minutes
 
 
 class Base(DeclarativeBase):
@@ -57,7 +66,7 @@ class Item(Base):
 class Labeler(Base):
     __tablename__ = "labelers"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
@@ -117,19 +126,150 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def open_db(url: str) -> Engine:
-    """Engine with tables created. SQLite: WAL, fsync on commit, and writers that queue instead of failing."""
-    url = normalize_url(url)
-    if url.startswith("sqlite"):
+# The tables every labelling database has had since the first release: their presence is what tells a labelling
+# database from any other. Tables added later (offers) are created when such a database is opened.
+CORE_TABLES = ("items", "labelers", "sessions", "labels")
+URL_FORMS = "expected sqlite:///FILE or postgresql://USER@HOST:PORT/DB"
+
+
+def _redact(raw: str) -> str:
+    """A URL as the user typed it, with what looks like its password hidden (`scheme://user:***@host`); for
+    URLs that did not parse, and for quoting a URL back in a hint. Greedy up to the last `@`: a password with
+    a stray `@` is hidden whole."""
+    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", raw)
+
+
+def _in_memory(url: URL) -> bool:
+    """SQLite URLs of a database that lives in memory: `sqlite://`, `sqlite:///:memory:`, `file::memory:` and
+    `?mode=memory` URIs."""
+    database = url.database or ""
+    return database in ("", ":memory:") or database.startswith("file::memory:") or url.query.get("mode") == "memory"
+
+
+def parse_url(raw: str) -> URL:
+    """The --db URL, checked: SQLite on a file or PostgreSQL (through psycopg 3).
+
+    An in-memory SQLite database is refused: every pooled connection gets its own empty one (the app's tables
+    exist in one connection only, so logins fail with `no such table`), and every label vanishes at exit.
+    """
+    try:
+        url = make_url(normalize_url(raw))
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise RlhfkitError(f"--db {_redact(raw)!r} is not a database URL; {URL_FORMS}") from None
+    backend = url.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise RlhfkitError(f"--db {url.render_as_string(hide_password=True)!r}: {URL_FORMS}")
+    if backend == "sqlite" and _in_memory(url):
+        raise RlhfkitError(f"--db {raw!r} is an in-memory database: each connection would see its own empty "
+                           "database and every label would be lost when the server stops; use sqlite:///FILE")
+    return url
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file a SQLite URL names (a `file:` URI's path too); None for other back ends."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database or ""
+    if database.startswith("file:"):
+        database = re.sub(r"^file:(//[^/]*)?", "", database)
+    return Path(database)
+
+
+def describe(url: URL) -> str:
+    """How messages name a database: a SQLite file's path, else the URL with its password hidden."""
+    path = sqlite_path(url)
+    if path is not None:
+        return str(path)
+    # as the user wrote it: postgresql://, not the postgresql+psycopg:// that normalize_url made of it
+    return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
+
+
+def _about_the_database(err: DBAPIError) -> bool:
+    """Driver errors the user fixes outside rlhfkit (a server down or unknown, a file unwritable, a privilege
+    missing), as opposed to a mistake in our SQL, which keeps its traceback."""
+    if isinstance(err, OperationalError):  # cannot connect / open / write, database locked, disk full
+        return True
+    if type(err) is DatabaseError:  # SQLite: "file is not a database"
+        return True
+    return getattr(err.orig, "sqlstate", None) == "42501"  # PostgreSQL: insufficient privilege
+
+
+@contextmanager
+def database_errors(url: URL) -> Iterator[None]:
+    """Turn a driver error about the database itself into one RlhfkitError line naming it (password hidden)."""
+    try:
+        yield
+    except DBAPIError as err:
+        if not _about_the_database(err):
+            raise
+        message = " ".join(str(err.orig).split())  # psycopg's messages span lines
+        hint = " (check that the file and its directory are writable)" if (
+            sqlite_path(url) is not None and ("readonly" in message or "unable to open" in message)) else ""
+        raise RlhfkitError(f"labelling database {describe(url)}: {message}{hint}") from None
+
+
+def _not_a_labelling_database(url: URL, raw: str) -> RlhfkitError:
+    return RlhfkitError(f"no labelling database at {describe(url)}; `rlhfkit label serve --db {_redact(raw)}` "
+                        "creates one")
+
+
+def _engine(url: URL) -> Engine:
+    """SQLite: WAL, fsync on commit, and writers that queue instead of failing. PostgreSQL: a pool sized for
+    the app's threads and a short connect timeout (the URL's own connect_timeout wins)."""
+    if url.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
-    elif url.startswith("postgresql"):
-        engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-    else:
-        raise RlhfkitError(f"--db {url!r}: expected sqlite:///FILE or postgresql://USER@HOST:PORT/DB")
-    Base.metadata.create_all(engine)
+        return engine
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args)
+
+
+def check_location(url: str, create: bool) -> URL:
+    """The parsed --db URL, and for SQLite the file's place checked, without touching anything: a database
+    file where one can be (create) or is (not create). `label serve` runs it before binding its port."""
+    parsed = parse_url(url)
+    path = sqlite_path(parsed)
+    if path is None or path.is_file():
+        return parsed
+    if path.exists():
+        raise RlhfkitError(f"labelling database {path}: is a directory, not a database file")
+    if not create:
+        raise _not_a_labelling_database(parsed, url)
+    if not path.parent.is_dir():
+        problem = "is not a directory" if path.parent.exists() else "does not exist"
+        raise RlhfkitError(f"labelling database {path}: directory {path.parent} {problem}")
+    return parsed
+
+
+def open_db(url: str, create: bool = True) -> Engine:
+    """Engine over the labelling database at `url`, its tables in place.
+
+    create=False opens only an existing labelling database (`label export`, `add-labeler`, `revoke`): a typo in
+    the URL must not leave a new empty database behind and report 0 labels. Only `label serve` creates one.
+    """
+    parsed = check_location(url, create)
+    engine = _engine(parsed)
+    try:
+        with database_errors(parsed):
+            if not create and not set(CORE_TABLES) <= set(inspect(engine).get_table_names()):
+                raise _not_a_labelling_database(parsed, url)
+            Base.metadata.create_all(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
+
+
+@contextmanager
+def existing_db(url: str) -> Iterator[Engine]:
+    """An existing labelling database for one command: errors about it as one line, connections closed after."""
+    engine = open_db(url, create=False)
+    try:
+        with database_errors(engine.url):
+            yield engine
+    finally:
+        engine.dispose()
 
 
 def _sqlite_connect(dbapi_conn, _record) -> None:
@@ -161,13 +301,28 @@ def add_items(engine: Engine, records: list[dict]) -> int:
             known.add(iid)
             s.add(Item(id=iid, position=start + added, prompt=rec["prompt"],
                        responses_json=json.dumps(rec["responses"], ensure_ascii=False),
-                       policy=str(rec.get("policy", ""))))
+                       policy=rec.get("policy") or ""))  # missing or null: "", as the export writes it
             added += 1
     return added
 
 
+def check_labeler_name(name: str) -> None:
+    """A labeler's name, checked the same way for both back ends (PostgreSQL alone would refuse a NUL or an
+    over-long name, with a traceback): 1 to MAX_NAME characters, not only whitespace, no control characters
+    (the name is shown on the admin page and written into every exported record)."""
+    rule = f"a labeler's name has 1 to {MAX_NAME} characters, not all whitespace, and no control characters"
+    shown = repr(name if len(name) <= 40 else name[:40] + "...")
+    if not name.strip():
+        raise RlhfkitError(f"labeler name {shown} is empty; {rule}")
+    if len(name) > MAX_NAME:
+        raise RlhfkitError(f"labeler name {shown} has {len(name)} characters; {rule}")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise RlhfkitError(f"labeler name {shown} contains a control character; {rule}")
+
+
 def add_labeler(engine: Engine, name: str, is_admin: bool = False) -> str:
     """Create a labeler; returns the login token, shown once (only its hash is kept)."""
+    check_labeler_name(name)
     token = secrets.token_urlsafe(24)
     try:
         with Session(engine) as s, s.begin():
@@ -175,6 +330,33 @@ def add_labeler(engine: Engine, name: str, is_admin: bool = False) -> str:
     except IntegrityError:
         raise RlhfkitError(f"a labeler named {name!r} already exists; choose another name") from None
     return token
+
+
+def revoke_labeler(engine: Engine, name: str, reissue: bool = False) -> str | None:
+    """Revoke a labeler's access at once: their token stops working, their sessions end and their offers no
+    longer hold places. Their row and labels stay (the export's provenance names them).
+
+    The stored hash is replaced by the hash of a fresh random token: with reissue that token is returned (to be
+    shown once), otherwise it is discarded, so no token logs them in again. Raises RlhfkitError for an unknown
+    name.
+    """
+    token = secrets.token_urlsafe(24)
+    with Session(engine) as s, s.begin():
+        labeler = s.scalar(select(Labeler).where(Labeler.name == name))
+        if labeler is None:
+            raise RlhfkitError(f"no labeler named {name!r}; `rlhfkit label add-labeler` creates one")
+        labeler.token_hash = sha256(token)
+        s.execute(delete(LoginSession).where(LoginSession.labeler_id == labeler.id))
+        s.execute(delete(Offer).where(Offer.labeler_id == labeler.id))
+    return token if reissue else None
+
+
+def purge_expired_sessions(engine: Engine) -> int:
+    """Delete sessions past their expiry (logout removes only live ones); returns how many. `label serve` runs it
+    at start, where it doubles as the proof that the database takes writes: a read-only one (SQLite refuses
+    even a write that matches no row) fails there in one line instead of at every login."""
+    with Session(engine) as s, s.begin():
+        return s.execute(delete(LoginSession).where(LoginSession.expires_at <= utcnow())).rowcount
 
 
 def ensure_admin(engine: Engine) -> str | None:
