@@ -116,8 +116,6 @@ COMMANDS: dict[str, Command] = {
 }
 LABEL_APP = {"label serve", "label add-labeler", "label export", "label revoke"}
 """Commands of the labelling app: their own tests (tests/labeling) cover their database errors."""
-LABEL_DB = LABEL_APP - {"label export"}
-"""Label commands whose {out} is a database (`--db sqlite:///{out}`), not an output file."""
 
 
 def having(attr: str) -> list[str]:
@@ -307,7 +305,7 @@ def test_an_output_under_a_regular_file_is_refused(name, at, capsys):
     assert (at / "afile").is_file()
 
 
-@pytest.mark.parametrize("name", [n for n in having("out") if COMMANDS[n].out == "file" and n not in LABEL_DB])
+@pytest.mark.parametrize("name", [n for n in having("out") if COMMANDS[n].out == "file"])
 def test_a_directory_given_as_the_output_file_is_refused(name, at, capsys, tmp_path):
     fails_cleanly(COMMANDS[name].line(out=str(tmp_path)), capsys, [str(tmp_path), "is a directory"], [])
 
