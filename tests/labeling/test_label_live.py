@@ -89,19 +89,26 @@ def test_concurrent_labelers_fill_every_item_exactly(db_url, tmp_path, live_serv
     engine.dispose()
 
 
+def race(fn, args) -> list:
+    """fn(arg) for every arg, each in its own thread, all released at the same moment (a barrier)."""
+    args = list(args)
+    barrier = threading.Barrier(len(args))
+
+    def go(arg):
+        barrier.wait(timeout=10)
+        return fn(arg)
+
+    with ThreadPoolExecutor(len(args)) as pool:
+        return list(pool.map(go, args))
+
+
 def test_racing_double_submits_store_one_label(db_url, candidates):
     engine = db.open_db(db_url)
     load_candidates(engine, candidates)
     labeler = db.login(engine, db.add_labeler(engine, "racer"))[1].labeler_id
     iid = offer_next_item(engine, labeler, 3).id
-    barrier = threading.Barrier(6)
-
-    def go(_):
-        barrier.wait(timeout=10)
-        return store_label(engine, labeler, iid, Submission([0, 1, 2], [3, 5, 1], [[], [], []]), 3)
-
-    with ThreadPoolExecutor(6) as pool:
-        stored = list(pool.map(go, range(6)))
+    sub = Submission([0, 1, 2], [3, 5, 1], [[], [], []])
+    stored = race(lambda _: store_label(engine, labeler, iid, sub, 3), range(6))
     assert stored.count(True) == 1 and count_labels(engine) == 1
     engine.dispose()
 
@@ -110,14 +117,7 @@ def test_racing_offers_never_hold_more_places_than_an_item_has(db_url, candidate
     engine = db.open_db(db_url)
     load_candidates(engine, candidates)  # 3 items
     labelers = [db.login(engine, db.add_labeler(engine, f"l{i}"))[1].labeler_id for i in range(6)]
-    barrier = threading.Barrier(6)
-
-    def go(labeler):
-        barrier.wait(timeout=10)
-        return offer_next_item(engine, labeler, 2).id
-
-    with ThreadPoolExecutor(6) as pool:
-        offered = Counter(pool.map(go, labelers))
+    offered = Counter(race(lambda labeler: offer_next_item(engine, labeler, 2).id, labelers))
     assert offered == Counter({iid: 2 for iid in item_ids(engine)})  # each item to exactly 2 of the 6
     engine.dispose()
 
@@ -133,17 +133,14 @@ def test_racing_submits_never_overfill_an_item(db_url, candidates):
                for i, lab in enumerate(labelers)}
     assert len(offered) == 1
     iid = offered.pop()
-    barrier = threading.Barrier(6)
 
-    def go(labeler):
-        barrier.wait(timeout=10)
+    def submit(labeler):
         try:
             return store_label(engine, labeler, iid, Submission([0, 1, 2], [4, 4, 4], [[], [], []]), 2)
         except NotYours as err:
             return str(err)
 
-    with ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(go, labelers))
+    results = race(submit, labelers)
     assert results.count(True) == 2 and count_labels(engine) == 2
     assert all("already has the 2 labels it needs" in r for r in results if r is not True)
     engine.dispose()
