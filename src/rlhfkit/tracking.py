@@ -118,7 +118,9 @@ class Run:
             with self.metrics_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
         except OSError as err:  # a full disk: name the file (a resumed run drops a torn last line)
-            raise type(err)(err.errno, err.strerror, str(self.metrics_path)) from None
+            from rlhfkit.data.files import naming
+
+            raise naming(err, self.metrics_path) from None
         writer = self._writer()
         if writer is not None:
             for k, v in metrics.items():

@@ -143,7 +143,7 @@ def _create_temp(path: Path) -> tuple[int, Path]:
     raise FileExistsError(f"no free temporary file name beside {path}")
 
 
-def _naming(err: OSError, path: Path) -> OSError:
+def naming(err: OSError, path: str | os.PathLike) -> OSError:
     """The same error about `path`: the user named the output, not its temporary file."""
     return type(err)(err.errno, err.strerror or str(err), str(path))
 
@@ -157,14 +157,14 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], T]) -> T:
     try:
         fd, tmp = _create_temp(path)
     except OSError as err:
-        raise _naming(err, path) from None
+        raise naming(err, path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             result = write(f)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise _naming(err, path) from None
+        raise naming(err, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
