@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhfkit.data import check_output, encode_prompt, read_located, write_jsonl
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.generation import SAMPLE_DEFAULTS, decode_responses, sample
+from rlhfkit.generation import decode_responses, sample
 from rlhfkit.sampling import SamplingConfig, check_sampling
 from rlhfkit.tracking import say
 
@@ -40,15 +40,13 @@ def best_of_n(model: Any, tokenizer: Any, prompts: list[str], scorer: Scorer, n:
     `fields`; same seed -> same candidates), score them all with `scorer(prompts, responses)` and keep the
     highest (the first one on ties). where: each prompt's (file, line), named when a prompt leaves no room in
     the model's context or the scorer returns NaN for one of its samples."""
-    from rlhfkit.generation import check_room
     from rlhfkit.labeling.gold import checked_scores
 
     if n < 1:
         raise ValueError(f"best_of_n needs n >= 1, got {n}")
     ids = [encode_prompt(tokenizer, p)[-max_prompt_length:] for p in prompts]
-    check_room(model, ids, fields.get("max_new_tokens", (sampling or SAMPLE_DEFAULTS).max_new_tokens), where)
     rollout = sample(model, ids, tokenizer.pad_token_id, tokenizer.eos_token_id, sampling, num_samples=n, seed=seed,
-                     **fields)
+                     where=where, **fields)
     texts = decode_responses(tokenizer, rollout)  # n consecutive rows per prompt
     scores = checked_scores(scorer, [p for p in prompts for _ in range(n)], texts, spec,
                             [w for w in where for _ in range(n)] if where is not None else None)

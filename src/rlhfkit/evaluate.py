@@ -30,7 +30,7 @@ import torch
 
 from rlhfkit import stats
 from rlhfkit.data import check_output, encode_prompt, read_located, write_text
-from rlhfkit.generation import Rollout, check_room, decode_responses, sample
+from rlhfkit.generation import Rollout, decode_responses, sample
 from rlhfkit.labeling.gold import checked_scores
 from rlhfkit.logprobs import sequence_logprob_sums
 from rlhfkit.sampling import SamplingConfig, check_sampling
@@ -129,9 +129,8 @@ def evaluate_policy(policy: Any, reference: Any, tokenizer: Any, prompts: list[s
     scorer (`spec`) and, given `where` (each prompt's file and line), the prompt's record.
     """
     check_sampling(cfg.temperature, cfg.top_p, needs_logprobs=True)
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    check_room(policy, prompt_ids, cfg.max_new_tokens, where)
-    rollout = sample(policy, prompt_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg, seed=seed)
+    rollout = sample(policy, [encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id,
+                     tokenizer.eos_token_id, cfg, seed=seed, where=where)
     texts = decode_responses(tokenizer, rollout)
     k = cfg.samples_per_prompt
     rows = [p for p in prompts for _ in range(k)]
@@ -245,10 +244,9 @@ def win_rate_main(argv: list[str]) -> int:
     completions = []
     for path in (args.a, args.b):
         model, tokenizer = _load(path)
-        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-        check_room(model, prompt_ids, args.sampling.max_new_tokens, where)
-        rollout = sample(model, prompt_ids, tokenizer.pad_token_id, tokenizer.eos_token_id, args.sampling,
-                         num_samples=1, seed=args.seed)  # one per prompt
+        rollout = sample(model, [encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id,
+                         tokenizer.eos_token_id, args.sampling, num_samples=1, seed=args.seed,
+                         where=where)  # one per prompt
         completions.append(decode_responses(tokenizer, rollout))
     wr = judge_win_rate(prompts, completions[0], completions[1], scorer, args.judge, where)
     print(json.dumps(win_rate_dict(wr), indent=2))

@@ -115,18 +115,20 @@ def check_room(model: Any, prompts: list[list[int]], max_new_tokens: int,
 
 
 def sample(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int, sampling: SamplingConfig | None = None,
-           *, num_samples: int | None = None, seed: int = 0, **fields: Any) -> Rollout:
+           *, num_samples: int | None = None, seed: int = 0, where: list[tuple[str, int]] | None = None,
+           **fields: Any) -> Rollout:
     """Sample completions for each prompt (token lists), stopping each at EOS.
 
     sampling: the distribution, samples per prompt and batch size (default `SAMPLE_DEFAULTS`); num_samples
     (samples per prompt) and `fields` (any SamplingConfig field, e.g. max_new_tokens=8) override it.
     temperature 0 is greedy. min_new_tokens forbids EOS before that many tokens (= max_new_tokens gives
     fixed-length completions). The Rollout's logprobs are the renormalised log-probs of `constrain_logits`.
-    Deterministic for a given seed and batch size. Dropout is off while sampling.
+    Deterministic for a given seed and batch size. Dropout is off while sampling. where: each prompt's (file,
+    line), named when a prompt leaves no room for max_new_tokens in the model's context (`check_room`).
     """
     cfg = replace(sampling or SAMPLE_DEFAULTS, **fields)
     check_sampling(cfg.temperature, cfg.top_p)
-    check_room(model, prompts, cfg.max_new_tokens)
+    check_room(model, prompts, cfg.max_new_tokens, where)
     k = cfg.samples_per_prompt if num_samples is None else num_samples
     generator = torch.Generator().manual_seed(seed)
     rows = [p for p in prompts for _ in range(k)]

@@ -131,15 +131,12 @@ def check_item(rec: dict, where: tuple[str, int], number: int) -> None:
 def read_candidates(path: Path) -> list[dict]:
     """Every record of a candidates file, validated (rlhfkit.data's format, then check_item) before any is
     stored: a bad record anywhere leaves the database, or its absence, as it was."""
-    from rlhfkit.data import located_records
+    from rlhfkit.data import read_located
 
-    records = []
-    for number, (rec, where) in enumerate(located_records(path, "candidates"), start=1):
+    located = read_located(path, "candidates")
+    for number, (rec, where) in enumerate(located, start=1):
         check_item(rec, where, number)
-        records.append(rec)
-    if not records:
-        raise DataError(str(path), None, "no candidates records found")
-    return records
+    return [rec for rec, _where in located]
 
 
 def load_candidates(engine, path: Path) -> int:
