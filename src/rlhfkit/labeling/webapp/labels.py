@@ -19,7 +19,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Engine
@@ -99,10 +99,20 @@ def _label_counts():
             .group_by(Label.item_id).subquery())
 
 
+def _live(offer: Any, now: dt.datetime):
+    """The condition that an offer (db.Offer or an alias of it) still holds its place at `now`."""
+    return offer.offered_at > now - OFFER_LEASE
+
+
+def _held_by_others(labeler_id: int, now: dt.datetime):
+    """The condition that an offer is another labeler's live offer: it holds one of its item's places."""
+    return and_(Offer.labeler_id != labeler_id, _live(Offer, now))
+
+
 def _held_places(labeler_id: int, now: dt.datetime):
     """Live offers of the other labelers per item: each holds one of the item's places until it expires."""
     return (select(Offer.item_id, func.count().label("n"))
-            .where(Offer.labeler_id != labeler_id, Offer.offered_at > now - OFFER_LEASE)
+            .where(_held_by_others(labeler_id, now))
             .group_by(Offer.item_id).subquery())
 
 
@@ -123,7 +133,7 @@ def _places_taken(s: Session, iid: str, labeler_id: int, now: dt.datetime) -> tu
     """Places of one item not available to this labeler: (its labels, the other labelers' live offers)."""
     labels = s.scalar(select(func.count()).select_from(Label).where(Label.item_id == iid, Label.skipped.is_(False)))
     held = s.scalar(select(func.count()).select_from(Offer).where(
-        Offer.item_id == iid, Offer.labeler_id != labeler_id, Offer.offered_at > now - OFFER_LEASE))
+        Offer.item_id == iid, _held_by_others(labeler_id, now)))
     return labels, held
 
 
@@ -150,7 +160,7 @@ def offer_next_item(engine: Engine, labeler_id: int, labels_per_item: int, now: 
     candidates = (
         _open_items(labeler_id, labels_per_item, now)
         .outerjoin(mine, and_(mine.item_id == Item.id, mine.labeler_id == labeler_id,
-                              mine.offered_at > now - OFFER_LEASE))
+                              _live(mine, now)))
         .order_by(mine.item_id.is_(None), Item.position)  # False (has my live offer) sorts first
         .limit(1)
     )
