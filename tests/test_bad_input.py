@@ -268,11 +268,11 @@ def test_bad_data_file(name, case, at, capsys, tmp_path):
     fails_cleanly(command.line(data=arg, out=str(out)), capsys, names, [out])
 
 
-def test_a_parquet_norm_reference_is_refused_without_asking_for_a_format_it_has_not(at, capsys, tmp_path):
+def test_a_broken_parquet_norm_reference_is_named_without_asking_for_a_format_it_has_not(at, capsys, tmp_path):
     (at / "x.parquet").write_bytes(b"PAR1")
     out = tmp_path / "out"
     line = fails_cleanly(COMMANDS["rm train --norm-reference"].line(data="x.parquet", out=str(out)), capsys,
-                         ["--norm-reference x.parquet", "needs a JSONL file"], [out])
+                         ["x.parquet", "not a readable parquet file"], [out])
     assert "--format" not in line
 
 

@@ -208,7 +208,7 @@ def test_ranking_order_and_likert_follow_the_ranking(tiny_tokenizer):
     (group,), _ = encode_groups(tiny_tokenizer, [rec], DataConfig(max_length=32, max_prompt_length=16))
     texts = [tiny_tokenizer.decode(e.input_ids, skip_special_tokens=True) for e in group.examples]
     assert [t.strip() for t in texts] == ["p great", "p fun", "p bad"]
-    assert group.likert == [7.0, 5.0, 2.0]
+    assert group.scores == [7.0, 5.0, 2.0]
 
 
 @pytest.mark.parametrize("record, message", [
@@ -226,12 +226,12 @@ def test_bad_records_name_file_and_line_through_the_cli(tmp_path, capsys, record
     assert f"{path}:2" in err and message in err
 
 
-def test_margin_without_likert_is_refused(tmp_path, sft_dir, capsys):
+def test_margin_without_scores_is_refused(tmp_path, sft_dir, capsys):
     path = tmp_path / "prefs.jsonl"
     write_jsonl(path, [{"prompt": "p", "chosen": " great", "rejected": " bad"}] * 4)
     code = cli.main(["rm", "train", "--data.train", str(path), "--model.name", str(sft_dir), "--margin", "0.5",
                      "--out", str(tmp_path / "r")])
-    assert code == 1 and "Likert" in capsys.readouterr().err
+    assert code == 1 and "--margin needs scores" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------- training on a known reward

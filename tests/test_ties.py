@@ -79,7 +79,7 @@ def test_groups_carry_ranks_best_first_and_likert_in_the_same_order(tiny_tokeniz
     (group,), stats = encode_groups(tiny_tokenizer, [rec], DATA)
     texts = [tiny_tokenizer.decode(e.input_ids, skip_special_tokens=True).strip() for e in group.examples]
     assert texts == ["p r2", "p r0", "p r1", "p r3"]
-    assert group.ranks == [0, 1, 1, 2] and group.likert == [7.0, 4.0, 5.0, 1.0]
+    assert group.ranks == [0, 1, 1, 2] and group.scores == [7.0, 4.0, 5.0, 1.0]
     assert stats.as_dict()["records_dropped_all_tied"] == 0
     assert Group(group.examples).ranks == [0, 1, 2, 3]  # without ranks: strictly best first
 

@@ -5,14 +5,17 @@ the prompt/response split is exact. EOS is appended once (never when the respons
 must not learn to stop where the text did not). Masks are built from lengths, never from token ids, so
 pad == eos cannot hide the real EOS from the loss.
 
-Without a chat template, conversations use the plain template (`PLAIN_ROLES`); `TruncationStats` counts what
-the truncation policy did.
+A prompt is a string or a conversation (`rlhfkit.data.chat`); `prompt_text` renders either with the tokenizer's chat
+template, or without one as a continuation (a string) or the plain template (`PLAIN_ROLES`, a conversation).
+`TruncationStats` counts what the truncation policy did.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from rlhfkit.data.chat import PLAIN_ROLES, Prompt, as_messages, plain_conversation
 
 
 @dataclass
@@ -107,7 +110,7 @@ def _no_response(stats: TruncationStats) -> None:
 
 def encode_pair(
     tokenizer: Any,
-    prompt: str,
+    prompt: Prompt,
     response: str,
     max_length: int,
     max_prompt_length: int,
@@ -117,34 +120,62 @@ def encode_pair(
 ) -> Encoded | None:
     """Tokenise (prompt, response) -> Encoded, or None when the policy drops it.
 
-    chat=None uses the tokenizer's chat template when it has one (prompt as a user turn with the generation
-    prompt); otherwise the plain template: prompt text immediately followed by response text (a continuation).
+    The prompt is rendered by `prompt_text` (a string or a conversation; chat=None uses the tokenizer's chat
+    template when it has one); the response follows it (`response_text`) and is trained, EOS appended.
     """
     stats = stats if stats is not None else TruncationStats()
     prompt_ids = encode_prompt(tokenizer, prompt, chat)
-    response_ids = _ids(tokenizer, response)
+    response_ids = _ids(tokenizer, response_text(tokenizer, prompt, response, chat))
     eos = tokenizer.eos_token_id
     if not response_ids or response_ids[-1] != eos:
         response_ids.append(eos)
     return _segments_to_example([(prompt_ids, 0), (response_ids, 1)], max_length, max_prompt_length, policy, stats)
 
 
-def encode_prompt(tokenizer: Any, prompt: str, chat: bool | None = None) -> list[int]:
-    """Prompt token ids exactly as training sees them: chat-templated when the tokenizer has a template
-    (chat=None), BOS first when the tokenizer uses one, never twice."""
-    if chat is None:
-        chat = bool(getattr(tokenizer, "chat_template", None))
-    prompt_text = render_chat(tokenizer, [{"role": "user", "content": prompt}], True) if chat else prompt
-    prompt_ids = _ids(tokenizer, prompt_text)
+def encode_prompt(tokenizer: Any, prompt: Prompt, chat: bool | None = None) -> list[int]:
+    """Prompt token ids exactly as training sees them (`prompt_text`), BOS first when the tokenizer uses one,
+    never twice."""
+    prompt_ids = _ids(tokenizer, prompt_text(tokenizer, prompt, chat))
     return _bos_prefix(tokenizer, prompt_ids) + prompt_ids
+
+
+def _templated(tokenizer: Any, chat: bool | None) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+
+
+def prompt_text(tokenizer: Any, prompt: Prompt, chat: bool | None = None) -> str:
+    """A prompt as the model reads it, up to where the response starts.
+
+    With a chat template (chat=None: when the tokenizer has one): a conversation rendered with the generation
+    prompt, a string as one user turn — unless the string already ends with the template's assistant header
+    (a text the template rendered, e.g. an implicit prompt cut from a full conversation), which is used as is.
+    Without one: a string is the text a response continues; a conversation is the plain template,
+    `Role: content` lines and then `Assistant:`."""
+    if not _templated(tokenizer, chat):
+        return prompt if isinstance(prompt, str) else plain_conversation(prompt) + PLAIN_ROLES["assistant"] + ":"
+    if isinstance(prompt, str) and _ends_with_header(tokenizer, prompt):
+        return prompt
+    return render_chat(tokenizer, as_messages(prompt), True)
+
+
+def response_text(tokenizer: Any, prompt: Prompt, response: str, chat: bool | None = None) -> str:
+    """The response's text after `prompt_text`: as is, except after the plain template's `Assistant:`, which it
+    follows after a space (unless it starts with whitespace, as a reply sampled there does)."""
+    if isinstance(prompt, list) and not _templated(tokenizer, chat) and not response[:1].isspace():
+        return " " + response
+    return response
+
+
+def _ends_with_header(tokenizer: Any, text: str) -> bool:
+    """Whether text ends with the chat template's assistant header (what add_generation_prompt appends)."""
+    turn = [{"role": "user", "content": "x"}]
+    header = render_chat(tokenizer, turn, True)[len(render_chat(tokenizer, turn, False)):]
+    return bool(header.strip()) and text.rstrip().endswith(header.rstrip())
 
 
 def render_chat(tokenizer: Any, messages: list[dict], add_generation_prompt: bool) -> str:
     """The tokenizer's chat template as text (never tokenised here, so BOS is handled in one place)."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
 def _message_segments(tokenizer: Any, messages: list[dict]) -> list[tuple[str, int]]:
@@ -160,7 +191,7 @@ def _message_segments(tokenizer: Any, messages: list[dict]) -> list[tuple[str, i
             if m["role"] == "assistant":
                 segs += [("Assistant:", 0), (" " + m["content"] + tokenizer.eos_token, 1), ("\n", 0)]
             else:
-                segs.append((f"{PLAIN_ROLES[m['role']]}: {m['content']}\n", 0))
+                segs.append((plain_conversation([m]), 0))
         return segs
     segs, done = [], ""
     for i, m in enumerate(messages):

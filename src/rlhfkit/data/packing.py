@@ -34,7 +34,7 @@ class PrefixBatch:
     targets, loss_mask (G, B, L) with L = the longest sequence - 1 (entry t-1 of side g scores token t of
     that sequence from column score_cols[g, b, t-1]); last_cols (G, B): the column of each sequence's last
     token; lengths (G, B): each sequence's length (0: group b has no side g); extras: per-sequence tensors,
-    e.g. DPO's ref_logps (G*B,), or per-group tables, e.g. the reward model's rank and likert (B, G)."""
+    e.g. DPO's ref_logps (G*B,), or per-group tables, e.g. the reward model's rank and score (B, G)."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor

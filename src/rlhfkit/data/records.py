@@ -8,15 +8,20 @@ formats are described in docs/formats.md.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.data.chat import as_prompt, check_messages, pair_prompt, response_text
+from rlhfkit.data.convert import (finite_numbers, is_message_row, is_tree, map_columns, parse_columns, rows_to_trees,
+                                  scored_to_ranking, tree_rankings)
 from rlhfkit.data.files import resolve_source, utf8_error, write_atomic
 from rlhfkit.errors import DataError, MissingPackageError, RlhfkitError
+from rlhfkit.tracking import say
 
 KINDS = ("corpus", "sft", "prompts", "candidates", "preferences", "rankings")
 
@@ -51,44 +56,70 @@ def _int_list(rec: dict, field: str, where: tuple[str, int | None]) -> list[int]
     return value
 
 
-def _validate_messages(rec: dict, where: tuple[str, int | None]) -> None:
-    messages = rec.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise DataError(*where, "expected a non-empty list of {role, content}", "messages")
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "system"):
-            raise DataError(*where, f"item {i}: role must be user, assistant or system", "messages")
-        _text(msg, "content", where)
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(*where, "has no assistant turn: nothing to train on", "messages")
-
-
 def validate(rec: Any, kind: str, where: tuple[str, int | None]) -> dict:
-    """Check one record of `kind`; returns it unchanged or raises DataError naming file:line and field."""
+    """Check one record of `kind` and return it in rlhfkit's form, or raise DataError naming file:line and field.
+
+    String records come back unchanged. Conversational fields are read as `rlhfkit.data.chat` describes: a prompt
+    stays a string or a conversation (a list of messages ending with a user turn), every response becomes the
+    text of its assistant turn, and a pair without a prompt gets the prompt its two sides share."""
     if not isinstance(rec, dict):
         raise DataError(*where, f"expected a JSON object, got {type(rec).__name__}")
     if kind == "corpus":
         _text(rec, "text", where)
     elif kind == "sft":
         if "messages" in rec:
-            _validate_messages(rec, where)
+            check_messages(rec["messages"], where, "messages")
+            if not any(m["role"] == "assistant" for m in rec["messages"]):
+                raise DataError(*where, "has no assistant turn: nothing to train on", "messages")
         else:
-            _text(rec, "prompt", where, allow_empty=True)
-            _text(rec, "response", where)
+            rec = {**rec, "prompt": as_prompt(rec.get("prompt"), where),
+                   "response": response_text(_present(rec, "response", where), where, "response")}
     elif kind == "prompts":
-        _text(rec, "prompt", where)
+        rec = {**rec, "prompt": as_prompt(rec.get("prompt"), where, allow_empty=False)}
     elif kind == "candidates":
-        _text(rec, "prompt", where)
-        _text_list(rec, "responses", where, min_len=1, allow_empty=True)  # a policy may answer with EOS at once
+        rec = {**rec, "prompt": as_prompt(rec.get("prompt"), where, allow_empty=False),
+               "responses": _responses(rec, where, min_len=1, allow_empty=True)}  # a policy may answer with EOS
     elif kind == "preferences":
-        _text(rec, "prompt", where, allow_empty=True)
-        if _text(rec, "chosen", where) == _text(rec, "rejected", where):
+        prompt, chosen, rejected = pair_prompt(rec, where)
+        if chosen == rejected:
             raise DataError(*where, "chosen and rejected are identical: the pair carries no preference", "rejected")
+        for field in ("score_chosen", "score_rejected"):
+            if rec.get(field) is not None:
+                finite_numbers([rec[field]], 1, where, field)
+        rec = {**rec, "prompt": prompt, "chosen": chosen, "rejected": rejected}
     elif kind == "rankings":
+        rec = {**rec, "prompt": as_prompt(rec.get("prompt"), where),
+               "responses": _responses(rec, where, min_len=2, allow_empty=False)}
         _validate_ranking(rec, where)
     else:
         raise ValueError(f"unknown record kind {kind!r}; expected one of {KINDS}")
     return rec
+
+
+def _present(rec: dict, field: str, where: tuple[str, int | None]) -> Any:
+    if field not in rec:
+        raise DataError(*where, "missing (expected a string)", field)
+    return rec[field]
+
+
+def _responses(rec: dict, where: tuple[str, int | None], min_len: int, allow_empty: bool) -> list[str]:
+    """A record's `responses` as texts: strings or assistant messages, at least min_len of them."""
+    value = rec.get("responses")
+    if not isinstance(value, list) or len(value) < min_len:
+        raise DataError(*where, f"expected a list of at least {min_len} responses", "responses")
+    return [response_text(item, where, f"responses[{i}]", allow_empty) for i, item in enumerate(value)]
+
+
+def normalize(rec: Any, kind: str, where: tuple[str, int | None]) -> list[dict]:
+    """The records of `kind` one raw record holds, in rlhfkit's form: usually one (`validate`); for rankings,
+    none for responses whose scores all tie, and one per ranked reply set of an OpenAssistant tree
+    (`rlhfkit.data.convert`)."""
+    if kind == "rankings" and is_tree(rec):
+        return [validate(r, kind, where) for r in tree_rankings(rec, where)]
+    if kind == "rankings" and isinstance(rec, dict) and "ranking" not in rec and "scores" in rec:
+        ranked = scored_to_ranking(rec, where)
+        return [] if ranked is None else [validate(ranked, kind, where)]
+    return [validate(rec, kind, where)]
 
 
 def _is_index(value: Any) -> bool:
@@ -120,6 +151,8 @@ def _validate_ranking(rec: dict, where: tuple[str, int | None]) -> None:
         likert = _int_list(rec, "likert", where)
         if len(likert) != len(responses) or not all(1 <= s <= 7 for s in likert):
             raise DataError(*where, "needs one score in 1..7 per response", "likert")
+    if rec.get("scores") is not None:
+        finite_numbers(rec["scores"], len(responses), where, "scores")
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -197,39 +230,63 @@ def _iter_table(source: Path | str) -> Iterator[tuple[Any, tuple[str, int]]]:
         yield row, (str(source), i)
 
 
-def iter_records(source: str | os.PathLike, kind: str) -> Iterator[dict]:
+def raw_rows(source: str | os.PathLike, columns: str | Mapping | None = None) -> Iterator[tuple[Any, tuple[str, int]]]:
+    """A source's rows as read, unvalidated, with `--data.columns` applied (`rlhfkit.data.convert`), each with its
+    (file or source name, line or row number).
+
+    The source is resolved by `resolve_source`: a missing path or a directory fails at once, naming it; only a
+    bare `name` / `owner/name` (optionally `:split`) that is no local path is read with `datasets`."""
+    resolved = resolve_source(source)
+    mapping = parse_columns(columns)
+    rows = (_iter_jsonl(resolved) if isinstance(resolved, Path) and resolved.suffix != ".parquet"
+            else _iter_table(resolved))
+    for row, where in rows:
+        yield map_columns(row, mapping, where), where
+
+
+def iter_records(source: str | os.PathLike, kind: str, columns: str | Mapping | None = None) -> Iterator[dict]:
     """Yield validated records of `kind` from a JSONL path, a parquet path or a `datasets` name."""
-    for rec, _where in located_records(source, kind):
+    for rec, _where in located_records(source, kind, columns):
         yield rec
 
 
-def located_records(source: str | os.PathLike, kind: str) -> Iterator[tuple[dict, tuple[str, int]]]:
+def located_records(source: str | os.PathLike, kind: str,
+                    columns: str | Mapping | None = None) -> Iterator[tuple[dict, tuple[str, int]]]:
     """As iter_records, each record with where it came from: (file or source name, line or row number), so a
     caller's own checks can name `file:line` too (DataError(*where, ...)).
 
-    The source is resolved by `resolve_source`: a missing path or a directory fails at once, naming it; only a
-    bare `name` / `owner/name` that is no local path is read with `datasets`."""
-    resolved = resolve_source(source)
-    if isinstance(resolved, Path) and resolved.suffix != ".parquet":
-        rows = _iter_jsonl(resolved)
-    else:
-        rows = _iter_table(resolved)
-    for rec, where in rows:
-        yield validate(rec, kind, where), where
+    Records are read into rlhfkit's form by `normalize`: one raw record may give several rankings (an
+    OpenAssistant tree; a flat OpenAssistant message table is gathered into trees first) or none (responses whose
+    scores all tie; counted and said at the end)."""
+    rows = raw_rows(source, columns)
+    if kind == "rankings":
+        first = next(rows, None)
+        rows = itertools.chain([first] if first else [], rows)
+        if first and is_message_row(first[0]):
+            rows = rows_to_trees(rows)
+    empty = 0
+    for raw, where in rows:
+        records = normalize(raw, kind, where)
+        empty += not records
+        for rec in records:
+            yield rec, where
+    if empty:
+        say(f"{source}: {empty} records hold no preference (every score equal, or no ranked replies): skipped")
 
 
-def read_located(source: str | os.PathLike, kind: str) -> list[tuple[dict, tuple[str, int]]]:
+def read_located(source: str | os.PathLike, kind: str,
+                 columns: str | Mapping | None = None) -> list[tuple[dict, tuple[str, int]]]:
     """All validated records of `kind`, each with its (file, line) as `located_records` gives them; an empty
     source is an error (nothing to work on)."""
-    located = list(located_records(source, kind))
+    located = list(located_records(source, kind, columns))
     if not located:
         raise DataError(str(source), None, f"no {kind} records found")
     return located
 
 
-def read_records(source: str | os.PathLike, kind: str) -> list[dict]:
+def read_records(source: str | os.PathLike, kind: str, columns: str | Mapping | None = None) -> list[dict]:
     """All validated records of `kind`; an empty source is an error (nothing to train on)."""
-    return [rec for rec, _where in read_located(source, kind)]
+    return [rec for rec, _where in read_located(source, kind, columns)]
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
@@ -257,51 +314,65 @@ def ranking_tiers(ranking: Sequence[int | Sequence[int]]) -> list[list[int]]:
 
 def ranking_to_pairs(rec: dict) -> list[dict]:
     """Expand a ranking into its preference records, best first: every response over every response of a lower
-    tier (C(K, 2) pairs without ties). Tied responses are not a preference, nor are pairs of identical text."""
-    tiers = [[rec["responses"][i] for i in tier] for tier in ranking_tiers(rec["ranking"])]
+    tier (C(K, 2) pairs without ties). Tied responses are not a preference, nor are pairs of identical text. A
+    ranking with `scores` gives each pair its two (`score_chosen`, `score_rejected`)."""
+    responses, scores = rec["responses"], rec.get("scores")
     label = dict(rec.get("label") or {}, from_ranking=True)
     return [
-        {"prompt": rec["prompt"], "chosen": chosen, "rejected": rejected, "label": label}
-        for t, better in enumerate(tiers)
-        for chosen in better
-        for worse in tiers[t + 1:]
-        for rejected in worse
-        if chosen != rejected
+        {"prompt": rec["prompt"], "chosen": responses[c], "rejected": responses[r], "label": label,
+         **({"score_chosen": scores[c], "score_rejected": scores[r]} if scores else {})}
+        for t, better in enumerate(ranking_tiers(rec["ranking"]))
+        for c in better
+        for worse in ranking_tiers(rec["ranking"])[t + 1:]
+        for r in worse
+        if responses[c] != responses[r]
     ]
 
 
 # -------------------------------------------------------------------------------------------- file kinds
-def detect_kind(source: str | os.PathLike | None, allowed: Sequence[str], fmt: str = "auto",
-                unreadable: str | None = None) -> str:
-    """The record kind of `source`: `fmt` unless it is "auto", else read from the first JSONL record ("ranking":
-    rankings, "chosen": preferences, "responses": candidates).
+def record_kind(rec: Any, allowed: Sequence[str] = KINDS) -> str | None:
+    """Which kind in `allowed` a raw record reads as, by its keys (None: none of them). `ranking`, an OpenAssistant
+    tree or message row: rankings; `chosen` / `rejected`: preferences; `responses`: candidates, or rankings when
+    it has `scores` and rankings are allowed; `messages` / `response`: sft; `prompt`: prompts; `text`: corpus."""
+    if not isinstance(rec, dict):
+        return None
+    if "ranking" in rec or is_tree(rec) or is_message_row(rec):
+        kinds = ["rankings"]
+    elif "chosen" in rec or "rejected" in rec:
+        kinds = ["preferences"]
+    elif "responses" in rec:
+        kinds = ["rankings", "candidates"] if "scores" in rec else ["candidates"]
+    elif "messages" in rec or "response" in rec:
+        kinds = ["sft"]
+    elif "prompt" in rec:
+        kinds = ["prompts"]
+    else:
+        kinds = ["corpus"] if "text" in rec else []
+    return next((k for k in kinds if k in allowed), None)
 
-    A source that cannot be sniffed (none given, parquet, a `datasets` name) gives `unreadable`; with
-    unreadable=None it raises RlhfkitError asking for --format. A missing path or a directory is refused as the
-    reader refuses it (`resolve_source`). A first record of no kind in `allowed` also gives `unreadable` (the
-    reader then names its missing field with file:line); with unreadable=None it raises DataError naming
-    file:line. A malformed or missing first record gives allowed[0]: the reader reports it with file:line.
+
+def detect_kind(source: str | os.PathLike | None, allowed: Sequence[str], fmt: str = "auto",
+                unreadable: str | None = None, columns: str | Mapping | None = None) -> str:
+    """The record kind of `source`: `fmt` unless it is "auto", else `record_kind` of its first record (any source:
+    JSONL, parquet or a `datasets` name, after `columns` are mapped).
+
+    No source gives `unreadable`; with unreadable=None it raises RlhfkitError asking for --format. A first record
+    of no kind in `allowed` also gives `unreadable` (the reader then names its missing field with file:line);
+    with unreadable=None it raises DataError naming file:line. A missing path, a directory or a malformed first
+    line fails as the reader fails on it; an empty source gives allowed[0] (the reader says it is empty).
     """
     if fmt != "auto":
         return fmt
-    path = resolve_source(source) if source else None
-    if not isinstance(path, Path) or path.suffix == ".parquet":
+    if not source:
         if unreadable is not None:
             return unreadable
-        raise RlhfkitError(f"cannot tell the record kind of '{source}': pass --format {'|'.join(allowed)}")
-    lineno, line = 0, ""
-    try:
-        with path.open(encoding="utf-8-sig") as f:  # as the reader: a byte-order mark at the start is read away
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    break
-        rec = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return allowed[0]  # the reader reports the bad line with file:line
-    kind = ("rankings" if "ranking" in rec else "preferences" if "chosen" in rec else
-            "candidates" if "responses" in rec else None) if isinstance(rec, dict) else None
-    if kind not in allowed:
+        raise RlhfkitError(f"no data to tell the record kind of: pass --format {'|'.join(allowed)}")
+    first = next(raw_rows(source, columns), None)
+    if first is None:
+        return allowed[0]
+    kind = record_kind(first[0], allowed)
+    if kind is None:
         if unreadable is not None:
             return unreadable
-        raise DataError(str(source), lineno, f"expected {' or '.join(allowed)} records (see docs/formats.md)")
+        raise DataError(*first[1], f"expected {' or '.join(allowed)} records (see docs/formats.md)")
     return kind

@@ -19,19 +19,21 @@ from rlhfkit.tracking import say
 def split_key(rec: Any) -> str | None:
     """The prompt a record is held out with: records with equal keys always land on the same side.
 
-    A bare string (online DPO's prompt list) is its own key; a record with a "prompt" (preferences, rankings,
-    sft pairs, prompts, candidates) is keyed by it; an sft conversation ("messages") by its first user turn,
-    because branches of one conversation share that turn and the assistant turns after it, which are trained
-    in every branch. Anything else (a corpus {"text"}) gives None: a group of its own. Prompts compare by exact
+    A bare string (online DPO's prompt list) is its own key, a bare list a conversation prompt; a record with a string "prompt" (preferences,
+    rankings, sft pairs, prompts, candidates) is keyed by it; a conversation (sft "messages", or a conversation
+    prompt) by its first user turn, because branches of one conversation share that turn and the assistant turns
+    after it, which are trained in every branch. Anything else (a corpus {"text"}) gives None: a group of its own. Prompts compare by exact
     string, with no whitespace or case normalisation ("the film" and "the film " are different prompts).
     """
     if isinstance(rec, str):
         return rec
+    if isinstance(rec, list):  # a conversation prompt of online DPO's list
+        rec = {"prompt": rec}
     if not isinstance(rec, dict):
         return None
     if isinstance(rec.get("prompt"), str):
         return rec["prompt"]
-    for message in rec.get("messages") or []:
+    for message in rec.get("messages") or (rec.get("prompt") if isinstance(rec.get("prompt"), list) else []):
         if isinstance(message, dict) and message.get("role") == "user":
             return message.get("content")
     return None
@@ -100,9 +102,9 @@ def load_train_eval(cfg: Any, kind: str, seed: int) -> tuple[list[dict], list[di
     seeded `eval_fraction` hold-out of `train` split by prompt (`split_train_eval`)."""
     if not cfg.train:
         raise DataError("--data.train", None, "no training data given")
-    train = read_records(cfg.train, kind)[: cfg.max_records]
+    train = read_records(cfg.train, kind, cfg.columns)[: cfg.max_records]
     if cfg.eval:
-        held = read_records(cfg.eval, kind)
+        held = read_records(cfg.eval, kind, cfg.columns)
         warn_shared_prompts(train, held, cfg.train, cfg.eval)
         return train, held
     return split_train_eval(train, cfg.eval_fraction, seed)

@@ -130,11 +130,11 @@ def load_pair_records(data: DataConfig, seed: int) -> tuple[list[dict], list[dic
     """
     if not data.train:
         raise RlhfkitError("no training data: pass --data.train FILE (preferences or rankings JSONL)")
-    kind = detect_kind(data.train, PAIR_KINDS, unreadable="preferences")
-    records = read_records(data.train, kind)[: data.max_records]
+    kind = detect_kind(data.train, PAIR_KINDS, unreadable="preferences", columns=data.columns)
+    records = read_records(data.train, kind, data.columns)[: data.max_records]
     if data.eval:
-        eval_kind = detect_kind(data.eval, PAIR_KINDS, unreadable="preferences")
-        held = read_records(data.eval, eval_kind)
+        eval_kind = detect_kind(data.eval, PAIR_KINDS, unreadable="preferences", columns=data.columns)
+        held = read_records(data.eval, eval_kind, data.columns)
         warn_shared_prompts(records, held, data.train, data.eval)
         return as_pairs(records, kind), as_pairs(held, eval_kind)
     train, held = split_train_eval(records, data.eval_fraction, seed)

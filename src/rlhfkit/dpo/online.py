@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.data import encode_prompt, read_located, split_summary, split_train_eval, write_jsonl
+from rlhfkit.data import encode_prompt, prompt_key, read_located, split_summary, split_train_eval, write_jsonl
 from rlhfkit.dpo.config import DPOConfig
 from rlhfkit.dpo.objective import encode_pairs
 from rlhfkit.dpo.offline import Setup, check_pairs_fit, finish, setup, train_round
@@ -39,7 +39,7 @@ def label_round(s: Setup, candidates: list[dict], round_index: int, scorer: Any,
 
     records, counts = label_candidates(candidates, scorer, "pairs", s.cfg.label_temperature,
                                        s.cfg.train.seed + round_index, s.cfg.judge, scorer_source(s.cfg.judge),
-                                       [where[c["prompt"]] for c in candidates] if where is not None else None)
+                                       [where[prompt_key(c["prompt"])] for c in candidates] if where is not None else None)
     return records, dict(counts)
 
 
@@ -52,15 +52,15 @@ def online_round_records(s: Setup, train_prompts: list[str], held_prompts: list[
     held-out prompt is trained on in any round. Writes round-<i>/{candidates,preferences}.jsonl (training)
     and round-<i>/eval_{candidates,preferences}.jsonl (held out). where: as for `label_round`.
     """
-    held = set(held_prompts)
+    held = {prompt_key(p) for p in held_prompts}
     candidates = sample_candidates(s, train_prompts + held_prompts, round_index)  # one sampling pass for both
     records, counts = label_round(s, candidates, round_index, scorer, where)
-    train_recs = [r for r in records if r["prompt"] not in held]
-    eval_recs = [r for r in records if r["prompt"] in held]
+    train_recs = [r for r in records if prompt_key(r["prompt"]) not in held]
+    eval_recs = [r for r in records if prompt_key(r["prompt"]) in held]
     if s.accelerator.is_main_process:
-        write_jsonl(round_dir / "candidates.jsonl", [c for c in candidates if c["prompt"] not in held])
+        write_jsonl(round_dir / "candidates.jsonl", [c for c in candidates if prompt_key(c["prompt"]) not in held])
         write_jsonl(round_dir / "preferences.jsonl", train_recs)
-        write_jsonl(round_dir / "eval_candidates.jsonl", [c for c in candidates if c["prompt"] in held])
+        write_jsonl(round_dir / "eval_candidates.jsonl", [c for c in candidates if prompt_key(c["prompt"]) in held])
         write_jsonl(round_dir / "eval_preferences.jsonl", eval_recs)
     return train_recs, eval_recs, counts
 
@@ -76,15 +76,15 @@ def run_online(cfg: DPOConfig) -> dict[str, Any]:
     if not cfg.prompts:
         raise RlhfkitError("--online needs --prompts FILE (prompts JSONL)")
     check_run_dir(cfg.out, cfg.train.resume)  # a used or unwritable --out is refused before anything is read
-    located = read_located(cfg.prompts, "prompts")[: cfg.data.max_records]
+    located = read_located(cfg.prompts, "prompts", cfg.data.columns)[: cfg.data.max_records]
     scorer = make_scorer(cfg.judge)  # fail before any sampling if the judge cannot be built
     prompts = [r["prompt"] for r, _ in located]
     where = {}
     for rec, at in located:
-        where.setdefault(rec["prompt"], at)  # a repeated prompt is named by its first line
+        where.setdefault(prompt_key(rec["prompt"]), at)  # a repeated prompt is named by its first line
     s = setup(cfg)
     check_room(s.model, [encode_prompt(s.tokenizer, p) for p in prompts], cfg.max_new_tokens,
-               [where[p] for p in prompts])
+               [where[prompt_key(p)] for p in prompts])
     run = Run(cfg.out, cfg, is_main=s.accelerator.is_main_process)
     train_prompts, held_prompts = split_train_eval(prompts, cfg.data.eval_fraction, cfg.train.seed)
     if s.accelerator.is_main_process:

@@ -1,8 +1,10 @@
 """Gold scorers: functions that give every (prompt, response) a number, so preferences can be labelled
 without people.
 
-A scorer is `Callable[[list[str], list[str]], list[float]]`: prompts and responses of equal length N in, N
-finite scores out (higher = better). `make_scorer(spec)` builds one from a command-line spec:
+A scorer is `Callable[[list[Prompt], list[str]], list[float]]`: prompts and responses of equal length N in, N
+finite scores out (higher = better). A prompt is a string or a conversation (`rlhfkit.data.chat`): a reward model
+renders it with its template; VADER and `module:function` scorers get text (a conversation in the plain template,
+`rlhfkit.data.plain_prompt`). `make_scorer(spec)` builds one from a command-line spec:
 
     vader              VADER compound sentiment of prompt + " " + response, in [-1, 1] (the gold reward of the
                        sentiment experiment: the DPO paper scores prefix + completion with its classifier)
@@ -18,6 +20,7 @@ import importlib.util
 import math
 from collections.abc import Sequence
 
+from rlhfkit.data.chat import Prompt, plain_prompt
 from rlhfkit.errors import DataError, MissingPackageError, RlhfkitError
 from rlhfkit.protocols import Scorer
 
@@ -32,10 +35,11 @@ def _vader_analyzer():
     return SentimentIntensityAnalyzer()
 
 
-def vader_score(prompts: list[str], responses: list[str]) -> list[float]:
+def vader_score(prompts: list[Prompt], responses: list[str]) -> list[float]:
     """VADER compound score of prompt + " " + response for each pair; (N,) floats in [-1, 1]."""
     analyzer = _vader_analyzer()
-    return [analyzer.polarity_scores(f"{p} {r}")["compound"] for p, r in zip(prompts, responses, strict=True)]
+    return [analyzer.polarity_scores(f"{plain_prompt(p)} {r}")["compound"]
+            for p, r in zip(prompts, responses, strict=True)]
 
 
 def scorer_source(spec: str) -> str:
@@ -60,7 +64,7 @@ def make_scorer(spec: str) -> Scorer:
     func = getattr(module, func_name, None)
     if not callable(func):
         raise RlhfkitError(f"judge '{spec}': module '{module_name}' has no function '{func_name}'")
-    return func
+    return functools.wraps(func)(lambda prompts, responses: func([plain_prompt(p) for p in prompts], responses))
 
 
 def _reward_model_scorer(path: str) -> Scorer:
@@ -72,7 +76,7 @@ def _reward_model_scorer(path: str) -> Scorer:
     return load_reward_scorer(path)
 
 
-def checked_scores(scorer: Scorer, prompts: list[str], responses: list[str], spec: str,
+def checked_scores(scorer: Scorer, prompts: list[Prompt], responses: list[str], spec: str,
                    where: Sequence[tuple[str, int] | None] | None = None) -> list[float]:
     """Call the scorer and insist on N finite numbers: a user's function gets a clear error, not a crash later.
 
@@ -88,4 +92,4 @@ def checked_scores(scorer: Scorer, prompts: list[str], responses: list[str], spe
     source = where[bad] if where is not None else None
     if source is not None:
         raise DataError(*source, what)
-    raise RlhfkitError(f"{what} to prompt {prompts[bad][:40]!r}")
+    raise RlhfkitError(f"{what} to prompt {plain_prompt(prompts[bad])[:40]!r}")

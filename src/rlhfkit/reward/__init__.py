@@ -25,8 +25,9 @@ Departures from the paper / from Hugging Face:
   its own (docs/formats.md, "Reward-model directories").
 - Encoders (BERT-like, e.g. all-MiniLM-L6-v2) have no `score` head: their own classification forward pools the
   first ([CLS]) token, which attends to the whole text in both directions; we use it as is, right-aligned.
-- The optional margin m_ij = margin * max(0, likert_i - likert_j) (Llama 2's margin from rating gaps) is taken
-  from Likert scores of rankings; a score gap that contradicts the ranking gives no margin.
+- The optional margin m_ij = margin * max(0, s_i - s_j) (Llama 2's margin from rating gaps) is taken from the
+  records' scores: a ranking's `scores` (else its Likert scores), a preference's `score_chosen` / `score_rejected`
+  (UltraFeedback, SHP); a score gap that contradicts the ranking gives no margin.
 - A ranking whose responses repeat (identical token ids, e.g. after truncation) keeps the best-ranked copy and
   drops the rest (counted): a pair of identical texts carries no preference.
 

@@ -23,7 +23,7 @@ class Group:
     """
 
     examples: list[Encoded]
-    likert: list[float] | None = None  # one Likert score per response, same order, when the record has them
+    scores: list[float] | None = None  # one score per response (margin), same order, when the record has them
     ranks: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -50,13 +50,15 @@ class GroupStats:
 
 def ranked_responses(rec: dict) -> tuple[list[str], list[int], list[float] | None]:
     """A preference or ranking record's responses best first, their ranks (0 = best; a tie shares one) and
-    their Likert scores (or None)."""
+    their scores for the margin (or None): `score_chosen` / `score_rejected` of a preference, `scores` or else
+    `likert` of a ranking."""
     if "ranking" not in rec:
-        return [rec["chosen"], rec["rejected"]], [0, 1], None
+        scores = [rec.get("score_chosen"), rec.get("score_rejected")]
+        return [rec["chosen"], rec["rejected"]], [0, 1], None if None in scores else [float(s) for s in scores]
     order = [(i, t) for t, tier in enumerate(ranking_tiers(rec["ranking"])) for i in tier]
     responses = [rec["responses"][i] for i, _ in order]
-    likert = rec.get("likert")
-    return responses, [t for _, t in order], ([float(likert[i]) for i, _ in order] if likert else None)
+    scores = rec.get("scores") or rec.get("likert")
+    return responses, [t for _, t in order], ([float(scores[i]) for i, _ in order] if scores else None)
 
 
 def dense_ranks(ranks: Sequence[int]) -> list[int]:
@@ -72,10 +74,10 @@ def encode_groups(tokenizer: Any, records: Sequence[dict], data: DataConfig) -> 
     stats = GroupStats()
     groups = []
     for rec in records:
-        responses, ranks, likert = ranked_responses(rec)
+        responses, ranks, scores = ranked_responses(rec)
         kept: list[Encoded] = []
         kept_ranks: list[int] = []
-        kept_likert: list[float] = []
+        kept_scores: list[float] = []
         for k, response in enumerate(responses):
             enc = encode_pair(tokenizer, rec["prompt"], response, data.max_length, data.max_prompt_length,
                               data.truncation, stats.truncation)
@@ -86,12 +88,12 @@ def encode_groups(tokenizer: Any, records: Sequence[dict], data: DataConfig) -> 
                 continue
             kept.append(enc)
             kept_ranks.append(ranks[k])
-            kept_likert.append(likert[k] if likert else math.nan)
+            kept_scores.append(scores[k] if scores else math.nan)
         if len(kept) < 2:
             stats.too_few += 1
             continue
         if len(set(kept_ranks)) < 2:
             stats.all_tied += 1
             continue
-        groups.append(Group(kept, kept_likert if likert else None, dense_ranks(kept_ranks)))
+        groups.append(Group(kept, kept_scores if scores else None, dense_ranks(kept_ranks)))
     return groups, stats

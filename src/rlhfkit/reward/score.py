@@ -107,13 +107,12 @@ def reward_norm(rewards: Sequence[float], source: str) -> dict[str, Any]:
 
 
 def reference_responses(source: str) -> list[tuple[str, str]]:
-    """(prompt, response) of every response in a candidates, preferences or rankings JSONL file (`--norm-reference`;
-    its kind is read from its first record, so a parquet file or a `datasets` name, which cannot be sniffed and
-    have no --format of their own here, are refused in one line)."""
+    """(prompt, response) of every response in a candidates, preferences or rankings file (`--norm-reference`;
+    its kind is read from its first record)."""
     kind = detect_kind(source, ("candidates", "preferences", "rankings"), unreadable="")
     if not kind:
-        raise RlhfkitError(f"--norm-reference {source}: needs a JSONL file (its record kind is read from its first "
-                           "record)")
+        raise RlhfkitError(f"--norm-reference {source}: its first record is no candidates, preferences or rankings "
+                           "record")
     out = []
     for rec in read_records(source, kind):
         responses = [rec["chosen"], rec["rejected"]] if kind == "preferences" else rec["responses"]

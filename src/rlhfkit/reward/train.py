@@ -2,7 +2,7 @@
 minimises, and the stage that trains, evaluates on held-out pairs, measures the reward normalisation and saves.
 
 The loss is chosen by a table lookup (`RANKING_LOSSES`); every entry maps a best-first reward table (G, K), its
-mask (G, K), the rank table (G, K) (0 = best; tied responses share a rank), the Likert table (G, K) (nan where
+mask (G, K), the rank table (G, K) (0 = best; tied responses share a rank), the score table (G, K) (nan where
 unknown) and the margin to per-prompt losses (G,). A pair of tied responses is not a preference: Bradley-Terry and
 the pair metrics skip it; Plackett-Luce gives tied responses one denominator (Breslow, `losses.plackett_luce_loss`).
 """
@@ -43,7 +43,8 @@ class RMConfig:
     """`bt`: Bradley-Terry, mean over the C(K,2) pairs of each prompt (tied pairs skipped); `pl`: Plackett-Luce
     listwise (ties: Breslow)."""
     margin: float = 0.0
-    """Bradley-Terry margin per Likert point: m = margin * max(0, likert_chosen - likert_rejected); 0: none."""
+    """Bradley-Terry margin per score point: m = margin * max(0, score_chosen - score_rejected), the scores being a
+    ranking's `scores` (else `likert`) or a preference's `score_chosen` / `score_rejected`; 0: none."""
     norm_reference: str | None = None
     """Candidates / preferences / rankings JSONL whose responses set the reward mean and std; default: held-out
     responses (train responses when nothing is held out)."""
@@ -64,24 +65,24 @@ class RMConfig:
 def collate_groups(groups: Sequence[Group], pad_id: int, shared_prefix: bool = False) -> TokenBatch | PrefixBatch:
     """Flatten groups into one right-padded TokenBatch (N = sum of K, T); extras give each row's group index,
     its position within the group (0 = first, best), its rank (0 = best; tied responses share one) and its
-    Likert score (nan when absent), all (N,).
+    score (nan when absent), all (N,).
     shared_prefix: one PrefixBatch row per group instead (prompt once, then its K responses); extras["rank"]
-    and extras["likert"] are then (B, K) best-first tables (rank K and nan where a group has no response)."""
+    and extras["score"] are then (B, K) best-first tables (rank K and nan where a group has no response)."""
     if shared_prefix:
         batch = pack_groups([g.examples for g in groups], pad_id)
         K = batch.lengths.shape[0]
         batch.extras["rank"] = torch.tensor(
             [[g.ranks[k] if k < len(g.ranks) else K for k in range(K)] for g in groups])  # (B, K)
-        batch.extras["likert"] = torch.tensor(
-            [[g.likert[k] if g.likert and k < len(g.likert) else math.nan for k in range(K)] for g in groups],
+        batch.extras["score"] = torch.tensor(
+            [[g.scores[k] if g.scores and k < len(g.scores) else math.nan for k in range(K)] for g in groups],
             dtype=torch.float32)  # (B, K)
         return batch
     batch = collate([e for g in groups for e in g.examples], pad_id, "right")
     batch.extras["group"] = torch.tensor([gi for gi, g in enumerate(groups) for _ in g.examples])  # (N,)
     batch.extras["position"] = torch.tensor([k for g in groups for k in range(len(g.examples))])  # (N,)
     batch.extras["rank"] = torch.tensor([r for g in groups for r in g.ranks])  # (N,)
-    batch.extras["likert"] = torch.tensor(
-        [g.likert[k] if g.likert else math.nan for g in groups for k in range(len(g.examples))],
+    batch.extras["score"] = torch.tensor(
+        [g.scores[k] if g.scores else math.nan for g in groups for k in range(len(g.examples))],
         dtype=torch.float32)  # (N,)
     return batch
 
@@ -115,19 +116,19 @@ def _pairs(mask: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def bradley_terry_ranking_loss(rewards: torch.Tensor, mask: torch.Tensor, ranks: torch.Tensor,
-                               likert: torch.Tensor | None, margin: float) -> torch.Tensor:
-    """Bradley-Terry averaged over each prompt's valid pairs i < j of different rank; likert gives the margin.
+                               scores: torch.Tensor | None, margin: float) -> torch.Tensor:
+    """Bradley-Terry averaged over each prompt's valid pairs i < j of different rank; scores gives the margin.
     -> (G,)."""
     i, j, pair_mask = _pairs(mask, ranks)
     pair_margin = None
-    if margin and likert is not None:
-        pair_margin = margin * (likert[:, i] - likert[:, j]).nan_to_num(0.0).clamp(min=0.0)  # (G, C)
+    if margin and scores is not None:
+        pair_margin = margin * (scores[:, i] - scores[:, j]).nan_to_num(0.0).clamp(min=0.0)  # (G, C)
     return masked_mean(bradley_terry_loss(rewards[:, i], rewards[:, j], pair_margin), pair_mask, dim=-1)  # (G,)
 
 
 RANKING_LOSSES: dict[str, RankingLoss] = {
     "bt": bradley_terry_ranking_loss,
-    "pl": lambda rewards, mask, ranks, likert, margin: plackett_luce_loss(rewards, mask, ranks),
+    "pl": lambda rewards, mask, ranks, scores, margin: plackett_luce_loss(rewards, mask, ranks),
 }
 
 
@@ -146,43 +147,43 @@ def _pair_metrics(rewards: torch.Tensor, mask: torch.Tensor, ranks: torch.Tensor
 
 
 def ranking_losses(
-    rewards: torch.Tensor, mask: torch.Tensor, loss: str = "bt", likert: torch.Tensor | None = None,
+    rewards: torch.Tensor, mask: torch.Tensor, loss: str = "bt", scores: torch.Tensor | None = None,
     margin: float = 0.0, ranks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-prompt loss (G,) from a best-first reward table (G, K) with mask (G, K); see the package docstring.
 
     `loss` names an entry of RANKING_LOSSES (`bt`: Bradley-Terry averaged over each prompt's valid pairs i < j
-    of different rank; `pl`: Plackett-Luce, ties by Breslow). likert (G, K), nan where unknown, gives the
+    of different rank; `pl`: Plackett-Luce, ties by Breslow). scores (G, K), nan where unknown, gives the
     margin. ranks (G, K): 0 = best, tied responses share one; None: no ties (each column its own rank).
     Metrics are over all valid pairs (equal rewards count half in the accuracy).
     """
     if loss not in RANKING_LOSSES:
         raise ValueError(f"unknown reward-model loss {loss!r}; expected {' or '.join(map(repr, RANKING_LOSSES))}")
     ranks = default_ranks(mask) if ranks is None else ranks
-    losses = RANKING_LOSSES[loss](rewards, mask, ranks, likert, margin)  # (G,)
+    losses = RANKING_LOSSES[loss](rewards, mask, ranks, scores, margin)  # (G,)
     return losses, _pair_metrics(rewards, mask, ranks)
 
 
 def reward_table(model: Any, batch: TokenBatch | PrefixBatch) -> tuple[torch.Tensor, ...]:
     """Rewards of a batch of groups as best-first tables: rewards (G, K), mask (G, K) bool, ranks (G, K) long,
-    likert (G, K)."""
+    scores (G, K)."""
     rewards = model(batch)
     if isinstance(batch, PrefixBatch):  # (K, G): side k of group g
         return (rewards.T, (batch.lengths > 0).T, batch.extras["rank"],
-                batch.extras["likert"].to(rewards.dtype))
+                batch.extras["score"].to(rewards.dtype))
     group, position = batch.extras["group"], batch.extras["position"]
     table, mask = group_table(rewards, group, position)  # (G, K)
     ranks, _ = group_table(batch.extras["rank"], group, position)  # (G, K)
-    likert, _ = group_table(batch.extras["likert"].to(rewards.dtype), group, position)  # (G, K)
-    return table, mask, ranks, likert
+    scores, _ = group_table(batch.extras["score"].to(rewards.dtype), group, position)  # (G, K)
+    return table, mask, ranks, scores
 
 
 def reward_objective(loss: str = "bt", margin: float = 0.0) -> Callable[[Any, TokenBatch | PrefixBatch], tuple]:
     """The objective `loop.fit` minimises: each response scored once, pairs formed from the K rewards."""
 
     def objective(model: Any, batch: TokenBatch | PrefixBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        table, mask, ranks, likert = reward_table(model, batch)  # (G, K) each
-        losses, metrics = ranking_losses(table, mask, loss, likert, margin, ranks)  # (G,)
+        table, mask, ranks, scores = reward_table(model, batch)  # (G, K) each
+        losses, metrics = ranking_losses(table, mask, loss, scores, margin, ranks)  # (G,)
         return losses.mean(), metrics
 
     return objective
@@ -194,8 +195,9 @@ def _check_margin(cfg: RMConfig, groups: Sequence[Group]) -> None:
         raise RlhfkitError(f"--margin must be >= 0, got {cfg.margin}")
     if cfg.margin and cfg.loss != "bt":
         raise RlhfkitError("--margin applies to the Bradley-Terry loss only (--loss bt)")
-    if cfg.margin and not any(g.likert for g in groups):
-        raise RlhfkitError("--margin needs rankings with Likert scores ('likert'); the training data has none")
+    if cfg.margin and not any(g.scores for g in groups):
+        raise RlhfkitError("--margin needs scores in the training data (a ranking's 'likert' or 'scores', a "
+                           "preference's 'score_chosen' and 'score_rejected'); it has none")
 
 
 def _norm_for(cfg: RMConfig, model: Any, tokenizer: Any, held_rewards: list[list[float]], train: list[Group],
@@ -221,7 +223,7 @@ def run_rm_train(cfg: RMConfig) -> dict[str, Any]:
     if not cfg.data.train:
         raise RlhfkitError("no training data: pass --data.train FILE (preferences or rankings JSONL)")
     check_run_dir(cfg.out, cfg.train.resume)  # a used or unwritable --out is refused before anything is read
-    kind = detect_kind(cfg.data.train, ("preferences", "rankings"), cfg.format)
+    kind = detect_kind(cfg.data.train, ("preferences", "rankings"), cfg.format, columns=cfg.data.columns)
     train_recs, eval_recs = load_train_eval(cfg.data, kind, cfg.train.seed)  # held out by prompt
     reference = reference_responses(cfg.norm_reference) if cfg.norm_reference else None  # read before training
     accelerator = make_accelerator(cfg.train)
