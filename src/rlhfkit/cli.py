@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data mine-dialogues": ("rlhfkit.dialogues:main", "mine multi-turn dialogues from raw text"),
     "data chitchat": ("rlhfkit.corpus:chitchat_sft_main", "chitchat-dataset -> multi-turn SFT data"),
     "data chitchat-preferences": ("rlhfkit.corpus:chitchat_preferences_main", "rated chitchat -> preferences"),
+    "data check": ("rlhfkit.data.check:main", "what a data file is read as; valid records; first problems"),
     "experiment sentiment": ("rlhfkit.experiments.sentiment:main", "the DPO paper's sentiment experiment"),
 }
 

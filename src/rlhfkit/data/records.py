@@ -173,7 +173,9 @@ def _refuse_constant(name: str) -> float:
     raise _NonFinite(name)
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[Any, tuple[str, int]]]:
+def _iter_jsonl(path: Path, problems: list[DataError] | None = None) -> Iterator[tuple[Any, tuple[str, int]]]:
+    """(object, (file, line)) per non-blank line. A line that is not JSON raises DataError, or, given a
+    `problems` list, is added to it and skipped."""
     # utf-8-sig: a byte-order mark at the start of the file (Windows editors write one) is read away
     try:
         with path.open("r", encoding="utf-8-sig") as f:
@@ -183,11 +185,15 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[Any, tuple[str, int]]]:
                 line = line.rstrip("\r\n")
                 try:
                     yield json.loads(line, parse_constant=_refuse_constant), (str(path), lineno)
+                    continue
                 except json.JSONDecodeError as err:
-                    raise DataError(str(path), lineno, _json_error(line, err)) from None
+                    problem = DataError(str(path), lineno, _json_error(line, err))
                 except _NonFinite as err:
-                    raise DataError(str(path), lineno, f"{err} is not valid JSON (JSON has no NaN or infinity: "
-                                    "write a number or null)") from None
+                    problem = DataError(str(path), lineno, f"{err} is not valid JSON (JSON has no NaN or infinity: "
+                                        "write a number or null)")
+                if problems is None:
+                    raise problem
+                problems.append(problem)
     except UnicodeDecodeError:
         raise utf8_error(path) from None
 
@@ -230,18 +236,25 @@ def _iter_table(source: Path | str) -> Iterator[tuple[Any, tuple[str, int]]]:
         yield row, (str(source), i)
 
 
-def raw_rows(source: str | os.PathLike, columns: str | Mapping | None = None) -> Iterator[tuple[Any, tuple[str, int]]]:
+def raw_rows(source: str | os.PathLike, columns: str | Mapping | None = None,
+             problems: list[DataError] | None = None) -> Iterator[tuple[Any, tuple[str, int]]]:
     """A source's rows as read, unvalidated, with `--data.columns` applied (`rlhfkit.data.convert`), each with its
-    (file or source name, line or row number).
+    (file or source name, line or row number). Given a `problems` list, a JSONL line that is not JSON or a row
+    missing a mapped column is added to it and skipped instead of raised (`rlhfkit data check`).
 
     The source is resolved by `resolve_source`: a missing path or a directory fails at once, naming it; only a
     bare `name` / `owner/name` (optionally `:split`) that is no local path is read with `datasets`."""
     resolved = resolve_source(source)
     mapping = parse_columns(columns)
-    rows = (_iter_jsonl(resolved) if isinstance(resolved, Path) and resolved.suffix != ".parquet"
+    rows = (_iter_jsonl(resolved, problems) if isinstance(resolved, Path) and resolved.suffix != ".parquet"
             else _iter_table(resolved))
     for row, where in rows:
-        yield map_columns(row, mapping, where), where
+        try:
+            yield map_columns(row, mapping, where), where
+        except DataError as err:
+            if problems is None:
+                raise
+            problems.append(err)
 
 
 def iter_records(source: str | os.PathLike, kind: str, columns: str | Mapping | None = None) -> Iterator[dict]:
