@@ -34,9 +34,12 @@ class RMEvalConfig:
     model: str = "runs/sentiment-tiny/rm/model"
     """Saved reward-model directory."""
     data: str = ""
-    """Preferences or rankings JSONL (every C(K,2) pair of a ranking counts, except tied pairs)."""
+    """Preferences or rankings: JSONL, parquet or a `datasets` name (every C(K,2) pair of a ranking counts, except
+    tied pairs)."""
     format: Literal["auto", "preferences", "rankings"] = "auto"
     """Record kind of `data`; `auto` reads it from the first record."""
+    columns: str = ""
+    """Read fields from other columns, as `--data.columns` of rm train: `prompt=history,responses=a+b,...`."""
     batch_size: int = 16
     """Responses scored per forward pass."""
     calibration_bins: int = 5
@@ -190,8 +193,8 @@ def run_rm_eval(cfg: RMEvalConfig) -> dict[str, Any]:
         raise RlhfkitError("rm eval needs --data (a preferences or rankings file)")
     if cfg.out:
         check_output(cfg.out)
-    kind = detect_kind(cfg.data, ("preferences", "rankings"), cfg.format)
-    records = read_records(cfg.data, kind)  # bad data fails before the model loads
+    kind = detect_kind(cfg.data, ("preferences", "rankings"), cfg.format, columns=cfg.columns)
+    records = read_records(cfg.data, kind, cfg.columns)  # bad data fails before the model loads
     model, tokenizer = load_saved_reward_model(cfg.model)
     encoding = getattr(model.config, "rlhfkit_encoding", None) or DEFAULT_ENCODING
     data = DataConfig(max_length=encoding["max_length"], max_prompt_length=encoding["max_prompt_length"])
