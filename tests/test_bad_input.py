@@ -111,6 +111,7 @@ COMMANDS: dict[str, Command] = {
                                out="file"),
     "data chitchat": cmd("data", "chitchat", "--out", "{out}", "--max-conversations", "5", out="file"),
     "data chitchat-preferences": cmd("data", "chitchat-preferences", "--out", "{out}", out="file"),
+    "data check": cmd("data", "check", "{data}", kind="preferences"),
     "experiment sentiment": cmd("experiment", "sentiment", "--preset", "smoke", "--out", "{out}",
                                 "--base-model", "{model}", out="dir", model=True),
 }
