@@ -118,7 +118,7 @@ def test_a_whole_labelling_session_in_a_real_browser(tmp_path, candidates, live_
         browser.close()
     with Session(engine) as s:
         labels = {lab.item_id: lab for lab in s.scalars(select(db.Label))}
-        prompts = dict(s.execute(select(db.Item.prompt, db.Item.id)).all())
+        prompts = dict(s.execute(select(db.Item.prompt_text, db.Item.id)).all())
     first, skipped, third = (labels[prompts[p]] for p in ("Describe <b>this</b> film", "Second prompt",
                                                           "Third prompt"))
     assert json.loads(first.ranking_json) == expected and json.loads(first.likert_json) == [6, 3, 1]

@@ -1,5 +1,6 @@
 """Automatic labelers: turn candidates ({"prompt", "responses", "policy"}) into preference or ranking records
-with a scorer (rlhfkit.labeling.gold) and an optional Bradley-Terry noise model.
+with a scorer (rlhfkit.labeling.gold) and an optional Bradley-Terry noise model. A prompt may be a conversation:
+VADER and `module:function` judges read its text in the plain template, and every record keeps it as it came.
 
 Noise. People disagree: InstructGPT's labelers agree with each other ~73% of the time. A noiseless gold
 labeler is unrealistically clean, so with `temperature` T > 0 a pair is ordered by sampling the
@@ -184,7 +185,7 @@ def label_candidates(
 @dataclass(frozen=True)
 class AutoLabelArgs:
     candidates: Path
-    """Candidates JSONL: {"prompt", "responses": [...], "policy"} per line."""
+    """Candidates JSONL: {"prompt", "responses": [...], "policy"} per line; the prompt may be a conversation."""
     out: Path
     """Output JSONL of preference records (pairs) or ranking records (rankings)."""
     judge: str = "vader"

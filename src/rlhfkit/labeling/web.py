@@ -32,7 +32,8 @@ class ServeArgs:
     """Serve the labelling app."""
 
     candidates: Path | None = None
-    """candidates JSONL ({"prompt", "responses": [2..9 str], "policy"}) to load; loading it again adds nothing."""
+    """candidates JSONL ({"prompt", "responses": [2..9 str], "policy"}; the prompt may be a conversation) to load;
+    loading it again adds nothing."""
     db: str = DEFAULT_DB
     """database URL: sqlite:///FILE (WAL mode) or postgresql://USER@HOST:PORT/DB."""
     host: str = "127.0.0.1"
@@ -110,8 +111,8 @@ def needs_web_extra(command: str) -> Callable[[Callable[[list[str]], int]], Call
 def check_item(rec: dict, where: tuple[str, int], number: int) -> None:
     """What the labelling page and both databases need of candidates record `number` beyond its format: 2 to
     9 responses (the page's keys 1-9), at least one non-blank response (else there is nothing to judge), a
-    string policy if any, and no NUL character (PostgreSQL cannot store one and SQLite can: checked here, the
-    two back ends accept the same files)."""
+    string policy if any, and no NUL character in any text, a conversation prompt's messages included
+    (PostgreSQL cannot store one and SQLite can: checked here, the two back ends accept the same files)."""
     from rlhfkit.labeling.webapp.db import MAX_K, MIN_K
 
     responses = rec["responses"]
@@ -123,7 +124,9 @@ def check_item(rec: dict, where: tuple[str, int], number: int) -> None:
     policy = rec.get("policy")
     if policy is not None and not isinstance(policy, str):
         raise DataError(*where, f"expected a string or null, got {type(policy).__name__}", "policy")
-    for field, texts in (("prompt", [rec["prompt"]]), ("responses", responses), ("policy", [policy or ""])):
+    prompt = rec["prompt"]
+    prompt_texts = [prompt] if isinstance(prompt, str) else [message["content"] for message in prompt]
+    for field, texts in (("prompt", prompt_texts), ("responses", responses), ("policy", [policy or ""])):
         if any("\x00" in text for text in texts):
             raise DataError(*where, "contains a NUL character (\\u0000), which the database cannot store", field)
 

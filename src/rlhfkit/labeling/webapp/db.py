@@ -35,8 +35,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from rlhfkit.data.chat import Prompt, plain_prompt
 from rlhfkit.errors import RlhfkitError
 
 MIN_K, MAX_K = 2, 9  # responses per item the page can show and the keyboard can address (digits 1-9)
@@ -50,13 +51,35 @@ class Base(DeclarativeBase):
     pass
 
 
+class Conversation(Base):
+    """The messages of an item whose prompt is a conversation; a row here is what makes it one.
+
+    A table of its own, not a column of items: a database made before conversations gains it when opened (as
+    create_all adds any missing table), where a new column would need an ALTER TABLE, and an item's prompt cannot
+    be mistaken for the other kind (a string prompt may be any text, JSON included)."""
+
+    __tablename__ = "conversations"
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), primary_key=True)
+    messages_json: Mapped[str] = mapped_column(Text)  # the messages as loaded, their keys in the file's order
+
+
 class Item(Base):
     __tablename__ = "items"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # item_id(prompt, responses)
     position: Mapped[int] = mapped_column(Integer, index=True)  # load order: items are served in it
-    prompt: Mapped[str] = mapped_column(Text)
+    # The prompt's text: a string prompt itself, a conversation in the plain template (readable in the database,
+    # and what versions before conversations show and export). `prompt` is the prompt itself.
+    prompt_text: Mapped[str] = mapped_column("prompt", Text)
     responses_json: Mapped[str] = mapped_column(Text)
     policy: Mapped[str] = mapped_column(Text, default="")
+    # selectin: loaded with the item by every query that loads items, so an item read in one session can be
+    # shown or exported after it closed
+    conversation: Mapped[Conversation | None] = relationship(lazy="selectin")
+
+    @property
+    def prompt(self) -> Prompt:
+        """The prompt as it was loaded: the string, or the conversation's messages."""
+        return self.prompt_text if self.conversation is None else json.loads(self.conversation.messages_json)
 
     @property
     def responses(self) -> list[str]:
@@ -112,9 +135,11 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def item_id(prompt: str, responses: list[str]) -> str:
-    """Content identity of an item: loading the same candidates twice finds the same ids."""
-    return sha256(json.dumps([prompt, responses], ensure_ascii=False))[:24]
+def item_id(prompt: Prompt, responses: list[str]) -> str:
+    """Content identity of an item: loading the same candidates twice finds the same ids. Keys are sorted, so a
+    conversation is the same item whatever order its messages' keys come in; a string prompt has no keys, and
+    its id is the one versions before conversations gave it."""
+    return sha256(json.dumps([prompt, responses], ensure_ascii=False, sort_keys=True))[:24]
 
 
 # ------------------------------------------------------------------------------------------------- engine
@@ -127,7 +152,7 @@ def normalize_url(url: str) -> str:
 
 
 # The tables every labelling database has had since the first release: their presence is what tells a labelling
-# database from any other. Tables added later (offers) are created when such a database is opened.
+# database from any other. Tables added later (offers, conversations) are created when such a database is opened.
 CORE_TABLES = ("items", "labelers", "sessions", "labels")
 URL_FORMS = "expected sqlite:///FILE or postgresql://USER@HOST:PORT/DB"
 
@@ -289,7 +314,8 @@ def _sqlite_begin(conn) -> None:
 
 # ------------------------------------------------------------------------------------------------- writes
 def add_items(engine: Engine, records: list[dict]) -> int:
-    """Insert candidates records not already present (by content id); returns how many were new."""
+    """Insert candidates records not already present (by content id); returns how many were new. A prompt may be
+    a string or a conversation (`rlhfkit.data.chat`)."""
     with Session(engine) as s, s.begin():
         start = (s.scalar(select(func.max(Item.position))) or 0) + 1
         known = set(s.scalars(select(Item.id)))
@@ -299,9 +325,13 @@ def add_items(engine: Engine, records: list[dict]) -> int:
             if iid in known:
                 continue
             known.add(iid)
-            s.add(Item(id=iid, position=start + added, prompt=rec["prompt"],
+            prompt = rec["prompt"]
+            conversation = None if isinstance(prompt, str) else Conversation(
+                messages_json=json.dumps(prompt, ensure_ascii=False))
+            s.add(Item(id=iid, position=start + added, prompt_text=plain_prompt(prompt),
                        responses_json=json.dumps(rec["responses"], ensure_ascii=False),
-                       policy=rec.get("policy") or ""))  # missing or null: "", as the export writes it
+                       policy=rec.get("policy") or "",  # missing or null: "", as the export writes it
+                       conversation=conversation))
             added += 1
     return added
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from rlhfkit.data.chat import Prompt
 from rlhfkit.labeling.webapp.agreement import item_disagreement, krippendorff_alpha_interval, pairwise_agreement
 from rlhfkit.labeling.webapp.db import Item, Label, Labeler
 
@@ -27,7 +28,7 @@ class LabelerStats:
 @dataclass(frozen=True)
 class Disputed:
     item_id: str
-    prompt: str
+    prompt: Prompt  # a string or a conversation, shown as its turns
     labelers: int
     disagreement: float
 
@@ -52,7 +53,6 @@ def overview(engine: Engine, top: int = 10) -> Overview:
     with Session(engine) as s:
         labelers = list(s.scalars(select(Labeler).order_by(Labeler.name)))
         labels = list(s.scalars(select(Label)))
-        prompts = dict(s.execute(select(Item.id, Item.prompt)).all())
     names = {lab.id: lab.name for lab in labelers}
     rankings: dict[str, dict[str, list[int]]] = defaultdict(dict)
     likert_units: dict[tuple[str, int], list[float]] = defaultdict(list)
@@ -64,11 +64,14 @@ def overview(engine: Engine, top: int = 10) -> Overview:
             likert_units[(lab.item_id, i)].append(score)
     agree, total = pairwise_agreement(rankings)
     rows = [_labeler_row(lab, labels, rankings) for lab in labelers]
-    disputed = sorted(
-        (Disputed(iid, prompts[iid], len(by), d) for iid, by in rankings.items()
-         if (d := item_disagreement(by)) is not None),
-        key=lambda x: (-x.disagreement, x.item_id),
+    most = sorted(
+        ((iid, len(by), d) for iid, by in rankings.items() if (d := item_disagreement(by)) is not None),
+        key=lambda x: (-x[2], x[0]),
     )[:top]
+    shown = [iid for iid, _n, _d in most]
+    with Session(engine) as s:  # the shown items only: reading every item would read all their responses too
+        prompts = {item.id: item.prompt for item in s.scalars(select(Item).where(Item.id.in_(shown)))}
+    disputed = [Disputed(iid, prompts[iid], n, d) for iid, n, d in most]
     alpha = krippendorff_alpha_interval([likert_units[key] for key in sorted(likert_units)])
     return Overview(rows, agree / total if total else None, total, alpha, disputed)
 
