@@ -70,7 +70,6 @@ def quiet_libraries() -> None:
     """rlhfkit prints its own progress; keep transformers' per-load reports and bars for real warnings only."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # "Generating train split" per parquet read
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

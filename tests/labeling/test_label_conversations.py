@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from labeling_helpers import ITEM_RE, Env, full_label
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
 from rlhfkit import cli

@@ -7,7 +7,8 @@ of one assistant turn. Readers turn the shapes people have into that form (docs/
     explicit       {"prompt": [...messages], "chosen": [{"role": "assistant", ...}], "rejected": [...]}
                    (TRL's conversational format; a single assistant message may also be given as an object)
     full           {"prompt": "...", "chosen": [...history, assistant], "rejected": [...history, assistant]}
-                   (UltraFeedback binarized: each side repeats the prompt as its history, which must match it)
+                   (UltraFeedback binarized: each side repeats the prompt as its history, which must match it;
+                   the prompt is then that conversation, a string prompt its one user turn)
     implicit       {"chosen": [...history, assistant], "rejected": [...history, assistant]}: the prompt is the
                    shared history; or full texts {"chosen": "...", "rejected": "..."} whose prompt is their shared
                    beginning up to the start of the last assistant turn (`ASSISTANT_MARKERS`, e.g. HH-RLHF's
@@ -118,7 +119,8 @@ def pair_prompt(rec: dict, where: Where) -> tuple[Prompt, str, str]:
     """(prompt, chosen, rejected) of a preference record in any accepted shape (module docstring)."""
     (history_c, chosen), (history_r, rejected) = (split_reply(rec.get(k), where, k) for k in ("chosen", "rejected"))
     if "prompt" not in rec:
-        if isinstance(chosen, str) and isinstance(rejected, str) and not history_c and not history_r:
+        # full texts only: two lone assistant messages hold no prompt to cut, and are told so below
+        if isinstance(rec.get("chosen"), str) and isinstance(rec.get("rejected"), str):
             return implicit_prompt(chosen, rejected, where)
         if history_c != history_r:
             raise DataError(*where, "chosen and rejected continue different conversations: their turns before the "
@@ -132,6 +134,10 @@ def pair_prompt(rec: dict, where: Where) -> tuple[Prompt, str, str]:
         for history, field in ((history_c, "chosen"), (history_r, "rejected")):
             if history and history != as_messages(prompt):
                 raise DataError(*where, "the conversation before the assistant reply differs from 'prompt'", field)
+        if history_c or history_r:
+            # UltraFeedback's string prompt is a copy of the user turn its sides hold: the pair is a conversation,
+            # rendered as one (without a chat template "User: ...\nAssistant: reply", not "...reply" run on)
+            prompt = as_messages(prompt)
     return prompt, _reply(chosen, where, "chosen"), _reply(rejected, where, "rejected")
 
 

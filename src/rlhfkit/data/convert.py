@@ -58,10 +58,14 @@ def map_columns(row: Any, columns: Columns, where: Where) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------- scores
+def is_finite_number(value: Any) -> bool:
+    """An int or float that is finite; a boolean is not a score, though Python counts it as an int."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def finite_numbers(value: Any, n: int, where: Where, field: str) -> list[float]:
     """n finite numbers (not booleans)."""
-    if (not isinstance(value, list) or len(value) != n
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+    if not isinstance(value, list) or len(value) != n or not all(map(is_finite_number, value)):
         raise DataError(*where, f"expected a list of {n} finite numbers, one per response", field)
     return value
 

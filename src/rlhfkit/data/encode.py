@@ -147,8 +147,8 @@ def prompt_text(tokenizer: Any, prompt: Prompt, chat: bool | None = None) -> str
     """A prompt as the model reads it, up to where the response starts.
 
     With a chat template (chat=None: when the tokenizer has one): a conversation rendered with the generation
-    prompt, a string as one user turn — unless the string already ends with the template's assistant header
-    (a text the template rendered, e.g. an implicit prompt cut from a full conversation), which is used as is.
+    prompt, a string as one user turn — unless the string already ends as the template ends a prompt (a text
+    the template rendered, e.g. an implicit prompt cut from a full conversation), which is used as is.
     Without one: a string is the text a response continues; a conversation is the plain template,
     `Role: content` lines and then `Assistant:`."""
     if not _templated(tokenizer, chat):
@@ -167,10 +167,13 @@ def response_text(tokenizer: Any, prompt: Prompt, response: str, chat: bool | No
 
 
 def _ends_with_header(tokenizer: Any, text: str) -> bool:
-    """Whether text ends with the chat template's assistant header (what add_generation_prompt appends)."""
-    turn = [{"role": "user", "content": "x"}]
-    header = render_chat(tokenizer, turn, True)[len(render_chat(tokenizer, turn, False)):]
-    return bool(header.strip()) and text.rstrip().endswith(header.rstrip())
+    """Whether text ends as the chat template ends a prompt: with what it renders after a user turn's content,
+    the generation prompt included (ChatML: `<|im_end|>\n<|im_start|>assistant\n`). Not the generation prompt
+    alone: Llama 2's and Mistral's is empty, their prompt ends with the user turn's ` [/INST]`."""
+    sentinel = "rlhfkit-user-turn"
+    rendered = render_chat(tokenizer, [{"role": "user", "content": sentinel}], True)
+    end = rendered[rendered.rindex(sentinel) + len(sentinel):].rstrip()
+    return bool(end) and text.rstrip().endswith(end)
 
 
 def render_chat(tokenizer: Any, messages: list[dict], add_generation_prompt: bool) -> str:

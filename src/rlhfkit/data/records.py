@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.data.chat import as_prompt, check_messages, pair_prompt, response_text
-from rlhfkit.data.convert import (finite_numbers, is_message_row, is_tree, map_columns, parse_columns, rows_to_trees,
-                                  scored_to_ranking, tree_rankings)
+from rlhfkit.data.convert import (finite_numbers, is_finite_number, is_message_row, is_tree, map_columns, parse_columns,
+                                  rows_to_trees, scored_to_ranking, tree_rankings)
 from rlhfkit.data.files import resolve_source, utf8_error, write_atomic
 from rlhfkit.errors import DataError, MissingPackageError, RlhfkitError
 from rlhfkit.tracking import say
@@ -35,17 +35,6 @@ def _text(rec: dict, field: str, where: tuple[str, int | None], allow_empty: boo
         raise DataError(*where, f"expected a string, got {type(value).__name__}", field)
     if not allow_empty and not value.strip():
         raise DataError(*where, "is empty", field)
-    return value
-
-
-def _text_list(rec: dict, field: str, where: tuple[str, int | None], min_len: int,
-               allow_empty: bool = False) -> list[str]:
-    value = rec.get(field)
-    if not isinstance(value, list) or len(value) < min_len:
-        raise DataError(*where, f"expected a list of at least {min_len} strings", field)
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not (allow_empty or item.strip()):
-            raise DataError(*where, f"item {i} must be a {'' if allow_empty else 'non-empty '}string", field)
     return value
 
 
@@ -84,8 +73,8 @@ def validate(rec: Any, kind: str, where: tuple[str, int | None]) -> dict:
         if chosen == rejected:
             raise DataError(*where, "chosen and rejected are identical: the pair carries no preference", "rejected")
         for field in ("score_chosen", "score_rejected"):
-            if rec.get(field) is not None:
-                finite_numbers([rec[field]], 1, where, field)
+            if rec.get(field) is not None and not is_finite_number(rec[field]):
+                raise DataError(*where, f"expected a finite number (or null), got {rec[field]!r}", field)
         rec = {**rec, "prompt": prompt, "chosen": chosen, "rejected": rejected}
     elif kind == "rankings":
         rec = {**rec, "prompt": as_prompt(rec.get("prompt"), where),
@@ -127,8 +116,8 @@ def _is_index(value: Any) -> bool:
 
 
 def _validate_ranking(rec: dict, where: tuple[str, int | None]) -> None:
-    _text(rec, "prompt", where, allow_empty=True)
-    responses = _text_list(rec, "responses", where, min_len=2)
+    """The ranking, likert and scores of a record whose prompt and responses `validate` has already read."""
+    responses = rec["responses"]
     ranking = rec.get("ranking")
     if not isinstance(ranking, list):
         raise DataError(*where, "expected a list of response indices (a tie: a list of indices)", "ranking")
@@ -210,6 +199,19 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _no_progress_bars(datasets: Any) -> Iterator[None]:
+    """Hide `datasets`' progress bars for the duration: it draws one while it converts any source ("Generating
+    train split"), which would put a second line before a bad row's one-line error."""
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
+
+
 def _iter_table(source: Path | str) -> Iterator[tuple[Any, tuple[str, int]]]:
     """Rows of a parquet file (a Path) or a `datasets` name (optionally `name:split`), numbered from 1."""
     try:
@@ -219,7 +221,7 @@ def _iter_table(source: Path | str) -> Iterator[tuple[Any, tuple[str, int]]]:
                                   no_deps=False) from None
     # datasets and pyarrow raise many types; the user needs the message and the source, not the type. datasets
     # and the hub client also log failures and retries before raising: quiet, since the one line below says it
-    with _quiet_logger("datasets"), _quiet_logger("huggingface_hub"):
+    with _quiet_logger("datasets"), _quiet_logger("huggingface_hub"), _no_progress_bars(datasets):
         if isinstance(source, Path):
             try:
                 table = datasets.Dataset.from_parquet(str(source))

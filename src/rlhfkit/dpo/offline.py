@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import DataConfig
-from rlhfkit.data import (check_lengths, detect_kind, encode_prompt, read_records, split_summary, split_train_eval,
-                          warn_shared_prompts)
+from rlhfkit.data import (Prompt, check_lengths, detect_kind, encode_prompt, prompt_key, read_records, split_summary,
+                          split_train_eval, warn_shared_prompts)
 from rlhfkit.data.packing import supports_shared_prefix
 from rlhfkit.dpo.config import DPOConfig, check_loss_options
 from rlhfkit.dpo.objective import (PAIR_LOSSES, Pair, as_pairs, collate_pairs, encode_pairs, preference_objective,
@@ -43,11 +43,12 @@ def sampled_kl(policy: Any, reference: Reference, prompt_ids: list[list[int]], t
             "objective/response_length": float(rollout.lengths.float().mean())}
 
 
-def kl_prompt_ids(tokenizer: Any, prompts: list[str], n: int, seed: int) -> list[list[int]]:
-    """Token ids of up to n distinct held-out prompts (a seeded sample)."""
-    distinct = sorted(set(prompts))
+def kl_prompt_ids(tokenizer: Any, prompts: list[Prompt], n: int, seed: int) -> list[list[int]]:
+    """Token ids of up to n distinct held-out prompts (a seeded sample). Prompts are told apart and ordered by
+    `prompt_key`: a conversation is a list, neither hashable nor comparable with a string."""
+    distinct = sorted({prompt_key(p): p for p in prompts}.items())
     random.Random(seed).shuffle(distinct)
-    return [encode_prompt(tokenizer, p) for p in distinct[:n]]
+    return [encode_prompt(tokenizer, p) for _, p in distinct[:n]]
 
 
 @dataclass
@@ -84,7 +85,7 @@ def setup(cfg: DPOConfig) -> Setup:
 
 
 def train_round(s: Setup, train_pairs: list[Pair], eval_pairs: list[Pair], run: Run,
-                kl_prompts: list[str]) -> dict[str, Any]:
+                kl_prompts: list[Prompt]) -> dict[str, Any]:
     """Reference log-probs (cached or per step), then `fit`; returns the round's summary."""
     from rlhfkit.loop import fit
 
