@@ -90,9 +90,9 @@ def test_parse_columns():
     assert parse_columns({"prompt": "q", "responses": ["a", "b"]}) == {"prompt": ["q"], "responses": ["a", "b"]}
     assert parse_columns("") == {} and parse_columns(None) == {}
     for bad in ("prompt", "prompt=", "=question", "responses=a+", "prompt=q,,chosen=a"):
-        with pytest.raises(RlhfkitError, match="--data.columns: cannot read"):
+        with pytest.raises(RlhfkitError, match="column mapping: cannot read"):
             parse_columns(bad)
-    with pytest.raises(RlhfkitError, match="--data.columns: field 'prompt' is mapped twice"):
+    with pytest.raises(RlhfkitError, match="column mapping: field 'prompt' is mapped twice"):
         parse_columns("prompt=a,prompt=b")
 
 
@@ -100,7 +100,7 @@ def test_map_columns_gathers_lists_keeps_the_source_columns_and_names_a_missing_
     row = {"history": "q", "A": "a", "B": "b"}
     assert map_columns(row, parse_columns("prompt=history,responses=A+B"), AT) == {
         "history": "q", "A": "a", "B": "b", "prompt": "q", "responses": ["a", "b"]}
-    with pytest.raises(DataError, match="data.jsonl:7: --data.columns maps 'responses' to missing column 'C' "
+    with pytest.raises(DataError, match="data.jsonl:7: the column mapping sends 'responses' to missing column 'C' "
                                         "\\(the record has 'history', 'A', 'B'\\)"):
         map_columns(row, parse_columns("responses=A+C"), AT)
 
@@ -186,6 +186,46 @@ def test_a_message_table_file_reads_as_rankings(tmp_path):
     assert detect_kind(tmp_path / "oasst.jsonl", ("preferences", "rankings")) == "rankings"
     assert [(r["prompt"], r["responses"]) for r in read_records(tmp_path / "oasst.jsonl", "rankings")] == [
         ([user("Q")], ["A", "B"])]
+
+
+def test_a_bad_tree_is_one_data_error_not_a_crash():
+    def tree(replies):
+        return {"prompt": {"message_id": "q", "text": "Q", "role": "prompter", "replies": replies}}
+
+    with pytest.raises(DataError, match="data.jsonl:7: field 'prompt': message a: rank must be a number, got 'x'"):
+        tree_rankings(tree([{"message_id": "a", "role": "assistant", "text": "A", "rank": "x"},
+                            {"message_id": "b", "role": "assistant", "text": "B", "rank": 1}]), AT)
+    with pytest.raises(DataError, match="data.jsonl:7: field 'prompt': message q: replies must be a list"):
+        tree_rankings(tree(5), AT)
+
+
+def test_a_repeated_message_id_is_refused_at_its_row_instead_of_looping():
+    rows = [{"message_id": "1", "parent_id": None, "role": "prompter", "text": "q"},
+            {"message_id": "2", "parent_id": "1", "role": "assistant", "text": "a", "rank": 0},
+            {"message_id": "1", "parent_id": "2", "role": "prompter", "text": "again"}]
+    with pytest.raises(DataError, match="t.jsonl:3: field 'message_id': repeats message '1' of an earlier row"):
+        list(rows_to_trees((row, ("t.jsonl", n)) for n, row in enumerate(rows, start=1)))
+
+
+def test_gzipped_jsonl_is_read_and_a_gzip_under_another_name_is_named(tmp_path):
+    import gzip
+
+    line = b'{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: Hello!", "rejected": "\\n\\nHuman: hi\\n\\nAssistant: Go."}\n'
+    (tmp_path / "hh.jsonl.gz").write_bytes(gzip.compress(line * 2))
+    assert [r["chosen"] for r in read_records(tmp_path / "hh.jsonl.gz", "preferences")] == [" Hello!", " Hello!"]
+    (tmp_path / "hh.jsonl").write_bytes(gzip.compress(line))
+    with pytest.raises(DataError, match="hh.jsonl: is gzip-compressed: name it"):
+        read_records(tmp_path / "hh.jsonl", "preferences")
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(line * 50)[:30])
+    with pytest.raises(DataError, match="cut.jsonl.gz: not a readable gzip file"):
+        read_records(tmp_path / "cut.jsonl.gz", "preferences")
+
+
+def test_an_unterminated_string_is_reported_with_one_at(tmp_path):
+    (tmp_path / "u.jsonl").write_text('{"prompt": "open\n')
+    with pytest.raises(DataError) as err:
+        read_records(tmp_path / "u.jsonl", "prompts")
+    assert "(Unterminated string starting at column 12)" in str(err.value)
 
 
 # ----------------------------------------------------------------------------------- splits and record kinds

@@ -145,7 +145,7 @@ def test_a_missing_mapped_column_is_a_problem_of_its_row(capsys):
     rc, out, err = check(capsys, "cols.jsonl", "--columns", SHP_COLUMNS)
     assert rc == 1
     assert "records:  1 valid, 1 invalid, of 2" in out
-    assert out[-1].startswith("  cols.jsonl:2: --data.columns maps 'responses' to missing column 'human_ref_B'")
+    assert out[-1].startswith("  cols.jsonl:2: the column mapping sends 'responses' to missing column 'human_ref_B'")
 
 
 def oasst_tree() -> dict:

@@ -388,10 +388,10 @@ def test_data_columns_naming_a_missing_column_or_malformed_fail_with_one_line(tr
     argv = [*TRAINERS[trainer], "--data.train", data, "--model.name", str(model_dir), "--out", str(out)]
     line = fails_cleanly([*argv, "--data.columns", "prompt=history,responses=human_ref_A+human_ref_C"], capsys, [],
                          [out], exit_code=1)
-    assert line.startswith(f"rlhfkit: error: {data}:1: --data.columns maps 'responses' to missing column "
+    assert line.startswith(f"rlhfkit: error: {data}:1: the column mapping sends 'responses' to missing column "
                            "'human_ref_C' (the record has 'post_id', 'domain',")
     line = fails_cleanly([*argv, "--data.columns", "prompt:history"], capsys, [], [out], exit_code=1)
-    assert line == ("rlhfkit: error: --data.columns: cannot read 'prompt:history': expected field=column (or "
+    assert line == ("rlhfkit: error: column mapping: cannot read 'prompt:history': expected field=column (or "
                     "field=column+column for a list), e.g. prompt=question,chosen=good,rejected=bad")
 
 

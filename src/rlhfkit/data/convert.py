@@ -34,10 +34,10 @@ def parse_columns(spec: str | Mapping[str, Any] | None) -> Columns:
         field, sep, columns = (part.strip() for part in item.partition("="))
         names = [c.strip() for c in columns.split("+")]
         if not sep or not field or not all(names):
-            raise RlhfkitError(f"--data.columns: cannot read {item.strip()!r}: expected field=column (or "
+            raise RlhfkitError(f"column mapping: cannot read {item.strip()!r}: expected field=column (or "
                                "field=column+column for a list), e.g. prompt=question,chosen=good,rejected=bad")
         if field in out:
-            raise RlhfkitError(f"--data.columns: field {field!r} is mapped twice")
+            raise RlhfkitError(f"column mapping: field {field!r} is mapped twice")
         out[field] = names
     return out
 
@@ -51,8 +51,8 @@ def map_columns(row: Any, columns: Columns, where: Where) -> Any:
     for field, names in columns.items():
         missing = [n for n in names if n not in row]
         if missing:
-            raise DataError(*where, f"--data.columns maps {field!r} to missing column {missing[0]!r} (the record has "
-                            f"{', '.join(map(repr, row)) or 'no columns'})")
+            raise DataError(*where, f"the column mapping sends {field!r} to missing column {missing[0]!r} (the record "
+                            f"has {', '.join(map(repr, row)) or 'no columns'})")
         out[field] = row[names[0]] if len(names) == 1 else [row[n] for n in names]
     return out
 
@@ -115,6 +115,22 @@ def _live(node: dict) -> bool:
     return not node.get("deleted") and node.get("review_result") is not False
 
 
+def _replies(node: dict, where: Where) -> list[dict]:
+    """A message's live replies; `replies` must be a list (or absent)."""
+    replies = node.get("replies") or []
+    if not isinstance(replies, list):
+        raise DataError(*where, f"message {node.get('message_id', '?')}: replies must be a list", "prompt")
+    return [r for r in replies if isinstance(r, dict) and _live(r)]
+
+
+def _rank(node: dict, where: Where) -> int | float:
+    rank = node["rank"]
+    if not is_finite_number(rank):
+        raise DataError(*where, f"message {node.get('message_id', '?')}: rank must be a number, got {rank!r}",
+                        "prompt")
+    return rank
+
+
 def tree_rankings(tree: dict, where: Where) -> list[dict]:
     """Every ranking in one conversation tree: a prompter turn's live assistant replies with a rank (0 = best),
     two or more of them; the prompt is the conversation from the root to that turn."""
@@ -124,8 +140,9 @@ def tree_rankings(tree: dict, where: Where) -> list[dict]:
         node, history = stack.pop()
         role, text = _node_text(node, where)
         conversation = history + [{"role": role, "content": text}]
-        replies = [r for r in node.get("replies") or [] if isinstance(r, dict) and _live(r)]
-        ranked = sorted((r for r in replies if r.get("rank") is not None and role == "user"), key=lambda r: r["rank"])
+        replies = _replies(node, where)
+        ranked = sorted((r for r in replies if r.get("rank") is not None and role == "user"),
+                        key=lambda r: _rank(r, where))
         if len(ranked) >= 2:
             out.append({"prompt": conversation, "responses": [_node_text(r, where)[1] for r in ranked],
                         "ranking": scores_ranking([-float(r["rank"]) for r in ranked]),
@@ -138,15 +155,21 @@ def tree_rankings(tree: dict, where: Where) -> list[dict]:
 
 def rows_to_trees(rows: Iterable[tuple[Any, Where]]) -> Iterator[tuple[dict, Where]]:
     """OpenAssistant's flat message table as trees, in the order of their roots; each tree is located at its root
-    row. Replies whose parent is not in the table are left out."""
-    nodes: dict[Any, dict] = {}
+    row. Replies whose parent is not in the table are left out. A repeated `message_id` is refused: its replies
+    would be shared by two messages, and a reply could become its own ancestor."""
+    seen: set = set()
     roots: list[tuple[dict, Where]] = []
     children: dict[Any, list[dict]] = {}
     for row, where in rows:
         if not is_message_row(row):
             raise DataError(*where, "expected a message row (message_id, parent_id, role, text) like the rows before")
+        for field in ("message_id", "parent_id"):
+            if not isinstance(row[field], (str, int)) and not (field == "parent_id" and row[field] is None):
+                raise DataError(*where, f"expected a string or an integer, got {type(row[field]).__name__}", field)
+        if row["message_id"] in seen:
+            raise DataError(*where, f"repeats message {row['message_id']!r} of an earlier row", "message_id")
+        seen.add(row["message_id"])
         node = {**row, "replies": children.setdefault(row["message_id"], [])}
-        nodes[row["message_id"]] = node
         if row["parent_id"] is None:
             roots.append((node, where))
         else:

@@ -232,7 +232,8 @@ def encode_sft_records(tokenizer: Any, records: list[dict], cfg: Any) -> tuple[l
     out = []
     for rec in records:
         if "messages" in rec:
-            enc = encode_messages(tokenizer, rec["messages"], cfg.max_length, cfg.max_prompt_length, cfg.truncation, stats)
+            enc = encode_messages(tokenizer, rec["messages"], cfg.max_length, cfg.max_prompt_length, cfg.truncation,
+                                  stats)
         else:
             enc = encode_pair(
                 tokenizer, rec["prompt"], rec["response"], cfg.max_length, cfg.max_prompt_length, cfg.truncation, stats

@@ -10,6 +10,8 @@ half-written file, and the error names the output, not the temporary file.
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import re
 import secrets
@@ -78,10 +80,25 @@ def local_file(source: str | os.PathLike) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- reading
+def open_binary(path: str | os.PathLike) -> IO[bytes]:
+    """A local file's bytes; a `.gz` file (HH-RLHF and OpenAssistant ship their JSONL gzipped) decompressed."""
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
+def open_text(path: str | os.PathLike) -> IO[str]:
+    """A local UTF-8 text file for reading (`.gz` decompressed); a byte-order mark at the start is read away
+    (Windows editors write one)."""
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig")
+
+
 def utf8_error(path: str | os.PathLike) -> DataError:
     """The first bytes of `path` that are not UTF-8, as a DataError at their line and column. Found by a second,
-    binary pass, since a text-mode reader decodes blocks and cannot tell the line."""
+    binary pass, since a text-mode reader decodes blocks and cannot tell the line. A gzip file read as text (one
+    whose name does not end in `.gz`) is named as such."""
     with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b" and not str(path).endswith(".gz"):
+            return DataError(str(path), None, "is gzip-compressed: name it *.gz or decompress it")
+    with open_binary(path) as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 raw.decode("utf-8")

@@ -8,7 +8,9 @@ formats are described in docs/formats.md.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import itertools
+import zlib
 import json
 import logging
 import os
@@ -19,7 +21,7 @@ from typing import Any
 from rlhfkit.data.chat import as_prompt, check_messages, pair_prompt, response_text
 from rlhfkit.data.convert import (finite_numbers, is_finite_number, is_message_row, is_tree, map_columns, parse_columns,
                                   rows_to_trees, scored_to_ranking, tree_rankings)
-from rlhfkit.data.files import resolve_source, utf8_error, write_atomic
+from rlhfkit.data.files import open_text, resolve_source, utf8_error, write_atomic
 from rlhfkit.errors import DataError, MissingPackageError, RlhfkitError
 from rlhfkit.tracking import say
 
@@ -148,7 +150,7 @@ def _validate_ranking(rec: dict, where: tuple[str, int | None]) -> None:
 def _json_error(line: str, err: json.JSONDecodeError) -> str:
     """What is wrong with one JSONL line (line ending already stripped): the column as an editor counts it, and
     a hint when the line stops inside a record (a record wrapped over several lines)."""
-    message = f"not valid JSON ({err.msg} at column {err.colno})"
+    message = f"not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno})"  # "...starting at" + column
     if err.pos >= len(line.rstrip()):
         message += "; the line ends inside a record: JSON Lines needs each record on one line"
     return message
@@ -165,9 +167,8 @@ def _refuse_constant(name: str) -> float:
 def _iter_jsonl(path: Path, problems: list[DataError] | None = None) -> Iterator[tuple[Any, tuple[str, int]]]:
     """(object, (file, line)) per non-blank line. A line that is not JSON raises DataError, or, given a
     `problems` list, is added to it and skipped."""
-    # utf-8-sig: a byte-order mark at the start of the file (Windows editors write one) is read away
     try:
-        with path.open("r", encoding="utf-8-sig") as f:
+        with open_text(path) as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -185,6 +186,8 @@ def _iter_jsonl(path: Path, problems: list[DataError] | None = None) -> Iterator
                 problems.append(problem)
     except UnicodeDecodeError:
         raise utf8_error(path) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:  # EOFError: a gzip file cut short
+        raise DataError(str(path), None, f"not a readable gzip file ({err or 'it ends early'})") from None
 
 
 @contextlib.contextmanager

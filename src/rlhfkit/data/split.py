@@ -19,11 +19,12 @@ from rlhfkit.tracking import say
 def split_key(rec: Any) -> str | None:
     """The prompt a record is held out with: records with equal keys always land on the same side.
 
-    A bare string (online DPO's prompt list) is its own key, a bare list a conversation prompt; a record with a string "prompt" (preferences,
-    rankings, sft pairs, prompts, candidates) is keyed by it; a conversation (sft "messages", or a conversation
-    prompt) by its first user turn, because branches of one conversation share that turn and the assistant turns
-    after it, which are trained in every branch. Anything else (a corpus {"text"}) gives None: a group of its own. Prompts compare by exact
-    string, with no whitespace or case normalisation ("the film" and "the film " are different prompts).
+    A bare string (online DPO's prompt list) is its own key, a bare list is a conversation prompt; a record with a
+    string "prompt" (preferences, rankings, sft pairs, prompts, candidates) is keyed by it; a conversation (sft
+    "messages", or a conversation prompt) by its first user turn, because branches of one conversation share that
+    turn and the assistant turns after it, which are trained in every branch. Anything else (a corpus {"text"})
+    gives None: a group of its own. Prompts compare by exact string, with no whitespace or case normalisation
+    ("the film" and "the film " are different prompts).
     """
     if isinstance(rec, str):
         return rec
