@@ -334,3 +334,24 @@ def test_a_sampled_reply_stored_as_a_response_encodes_to_the_sampled_tokens(chat
         # stored as text like a written reply, and gets the space a written reply is given
         assert tok.decode(encode_pair(tok, prompt, "great", 128, 96).input_ids).endswith("Assistant: great"
                                                                                           "<|endoftext|>")
+
+
+def test_invalid_records_are_skipped_and_counted_with_data_invalid_skip(tmp_path, capsys):
+    from rlhfkit.config import DataConfig
+    from rlhfkit.data import read_data
+
+    hh = '{"chosen": "\\n\\nHuman: %s\\n\\nAssistant: %s", "rejected": "\\n\\nHuman: %s\\n\\nAssistant: %s"}'
+    lines = [hh % ("a", "yes", "a", "no"), hh % ("b", "same", "b", "same"), "{not json", hh % ("c", "x", "c", "y")]
+    (tmp_path / "hh.jsonl").write_text("\n".join(lines) + "\n")
+    data = DataConfig(train=str(tmp_path / "hh.jsonl"))
+    with pytest.raises(DataError, match="hh.jsonl:2: field 'rejected': chosen and rejected are identical"):
+        read_data(data, data.train, "preferences")
+    skip = DataConfig(train=data.train, invalid="skip")
+    assert [r["prompt"] for r in read_data(skip, skip.train, "preferences")] == [
+        "\n\nHuman: a\n\nAssistant:", "\n\nHuman: c\n\nAssistant:"]
+    said = capsys.readouterr().err
+    assert "hh.jsonl: 2 invalid records skipped (--data.invalid skip); the first: " in said
+    assert "hh.jsonl:2: field 'rejected': chosen and rejected are identical" in said
+    (tmp_path / "bad.jsonl").write_text(lines[1] + "\n")
+    with pytest.raises(DataError, match="bad.jsonl: no preferences records found"):
+        read_data(skip, str(tmp_path / "bad.jsonl"), "preferences")

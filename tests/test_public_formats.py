@@ -121,6 +121,22 @@ def test_public_shape_trains_one_dpo_step(shape, model_dir, tmp_path, capsys):
     assert summary["pairs"] + summary["eval_pairs"] == PAIRS[shape]
 
 
+def test_hh_with_a_broken_record_trains_with_data_invalid_skip(model_dir, tmp_path, capsys):
+    """HH-RLHF as published holds records whose two sides are identical: they stop a run, or are skipped and
+    counted with --data.invalid skip."""
+    records = hh_records()
+    records.insert(2, {"chosen": "\n\nHuman: hi\n\nAssistant: same", "rejected": "\n\nHuman: hi\n\nAssistant: same"})
+    write_jsonl(tmp_path / "hh.jsonl", records)
+    args = ["dpo", "--model.name", str(model_dir), "--data.train", str(tmp_path / "hh.jsonl"), *COMMON]
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 1
+    assert capsys.readouterr().err.strip().endswith("hh.jsonl:3: field 'rejected': chosen and rejected are "
+                                                    "identical: the pair carries no preference")
+    assert cli.main([*args, "--data.invalid", "skip", "--out", str(tmp_path / "b")]) == 0
+    assert "1 invalid records skipped (--data.invalid skip); the first: " in capsys.readouterr().err
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["pairs"] + summary["eval_pairs"] == PAIRS["hh"]
+
+
 def rm_train(model_dir, data, extra, out, *more) -> tuple[dict, float]:
     """Run one step of `rlhfkit rm train`; (summary, the step's training loss)."""
     code = cli.main(["rm", "train", "--model.name", str(model_dir), "--data.train", data, *extra, *COMMON, *more,

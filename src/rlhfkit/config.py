@@ -150,6 +150,9 @@ class DataConfig:
     """Over-long records: cut the prompt's start then the response's end ('truncate'), or drop them."""
     max_records: int | None = None
     """Use at most this many records (None: all)."""
+    invalid: Literal["error", "skip"] = "error"
+    """A record that fails validation: stop with one line naming file:line (`error`), or leave it out (`skip`;
+    one line says how many and names the first). Public sets hold a few broken records (identical pairs)."""
     columns: str = ""
     """Read fields from other columns (parquet, `datasets` names, JSONL): `prompt=question,chosen=good,rejected=bad`;
     `field=a+b` gathers columns into a list (`responses=human_ref_A+human_ref_B,scores=score_A+score_B`)."""

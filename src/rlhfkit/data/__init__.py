@@ -41,7 +41,8 @@ from rlhfkit.data.records import (
     validate,
     write_jsonl,
 )
-from rlhfkit.data.split import load_train_eval, split_key, split_summary, split_train_eval, warn_shared_prompts
+from rlhfkit.data.split import (load_train_eval, read_data, split_key, split_summary, split_train_eval,
+                                warn_shared_prompts)
 
 __all__ = [
     "Encoded",
@@ -66,6 +67,7 @@ __all__ = [
     "raw_rows",
     "record_kind",
     "ranking_to_pairs",
+    "read_data",
     "read_located",
     "read_records",
     "read_text",

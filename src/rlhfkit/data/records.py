@@ -262,21 +262,25 @@ def raw_rows(source: str | os.PathLike, columns: str | Mapping | None = None,
             problems.append(err)
 
 
-def iter_records(source: str | os.PathLike, kind: str, columns: str | Mapping | None = None) -> Iterator[dict]:
+def iter_records(source: str | os.PathLike, kind: str, columns: str | Mapping | None = None,
+                 skip_invalid: bool = False) -> Iterator[dict]:
     """Yield validated records of `kind` from a JSONL path, a parquet path or a `datasets` name."""
-    for rec, _where in located_records(source, kind, columns):
+    for rec, _where in located_records(source, kind, columns, skip_invalid):
         yield rec
 
 
-def located_records(source: str | os.PathLike, kind: str,
-                    columns: str | Mapping | None = None) -> Iterator[tuple[dict, tuple[str, int]]]:
+def located_records(source: str | os.PathLike, kind: str, columns: str | Mapping | None = None,
+                    skip_invalid: bool = False) -> Iterator[tuple[dict, tuple[str, int]]]:
     """As iter_records, each record with where it came from: (file or source name, line or row number), so a
     caller's own checks can name `file:line` too (DataError(*where, ...)).
 
     Records are read into rlhfkit's form by `normalize`: one raw record may give several rankings (an
     OpenAssistant tree; a flat OpenAssistant message table is gathered into trees first) or none (responses whose
-    scores all tie; counted and said at the end)."""
-    rows = raw_rows(source, columns)
+    scores all tie; counted and said at the end). The first invalid record raises its DataError; with
+    skip_invalid (`--data.invalid skip`), invalid records and JSON lines are left out, and one line at the end
+    says how many and names the first."""
+    problems: list[DataError] | None = [] if skip_invalid else None
+    rows = raw_rows(source, columns, problems)
     if kind == "rankings":
         first = next(rows, None)
         rows = itertools.chain([first] if first else [], rows)
@@ -284,27 +288,37 @@ def located_records(source: str | os.PathLike, kind: str,
             rows = rows_to_trees(rows)
     empty = 0
     for raw, where in rows:
-        records = normalize(raw, kind, where)
+        try:
+            records = normalize(raw, kind, where)
+        except DataError as err:
+            if problems is None:
+                raise
+            problems.append(err)
+            continue
         empty += not records
         for rec in records:
             yield rec, where
     if empty:
         say(f"{source}: {empty} records hold no preference (every score equal, or no ranked replies): skipped")
+    if problems:
+        say(f"warning: {source}: {len(problems)} invalid records skipped (--data.invalid skip); the first: "
+            f"{problems[0]}")
 
 
-def read_located(source: str | os.PathLike, kind: str,
-                 columns: str | Mapping | None = None) -> list[tuple[dict, tuple[str, int]]]:
+def read_located(source: str | os.PathLike, kind: str, columns: str | Mapping | None = None,
+                 skip_invalid: bool = False) -> list[tuple[dict, tuple[str, int]]]:
     """All validated records of `kind`, each with its (file, line) as `located_records` gives them; an empty
-    source is an error (nothing to work on)."""
-    located = list(located_records(source, kind, columns))
+    source (or one with no valid record) is an error (nothing to work on)."""
+    located = list(located_records(source, kind, columns, skip_invalid))
     if not located:
         raise DataError(str(source), None, f"no {kind} records found")
     return located
 
 
-def read_records(source: str | os.PathLike, kind: str, columns: str | Mapping | None = None) -> list[dict]:
+def read_records(source: str | os.PathLike, kind: str, columns: str | Mapping | None = None,
+                 skip_invalid: bool = False) -> list[dict]:
     """All validated records of `kind`; an empty source is an error (nothing to train on)."""
-    return [rec for rec, _where in read_located(source, kind, columns)]
+    return [rec for rec, _where in read_located(source, kind, columns, skip_invalid)]
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:

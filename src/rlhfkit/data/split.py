@@ -98,14 +98,20 @@ def warn_shared_prompts(train: list, held: list, train_source: str, eval_source:
     return summary["shared_prompts"]
 
 
+def read_data(cfg: Any, source: str, kind: str) -> list[dict]:
+    """The records of `kind` in one of a DataConfig's sources, read with its column mapping and its policy for
+    invalid records."""
+    return read_records(source, kind, cfg.columns, skip_invalid=cfg.invalid == "skip")
+
+
 def load_train_eval(cfg: Any, kind: str, seed: int) -> tuple[list[dict], list[dict]]:
     """Records for a DataConfig: its `eval` source (with a warning when its prompts overlap train's), or a
     seeded `eval_fraction` hold-out of `train` split by prompt (`split_train_eval`)."""
     if not cfg.train:
         raise DataError("--data.train", None, "no training data given")
-    train = read_records(cfg.train, kind, cfg.columns)[: cfg.max_records]
+    train = read_data(cfg, cfg.train, kind)[: cfg.max_records]
     if cfg.eval:
-        held = read_records(cfg.eval, kind, cfg.columns)
+        held = read_data(cfg, cfg.eval, kind)
         warn_shared_prompts(train, held, cfg.train, cfg.eval)
         return train, held
     return split_train_eval(train, cfg.eval_fraction, seed)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import DataConfig
-from rlhfkit.data import (Prompt, check_lengths, detect_kind, encode_prompt, prompt_key, read_records, split_summary,
+from rlhfkit.data import (Prompt, check_lengths, detect_kind, encode_prompt, prompt_key, read_data, split_summary,
                           split_train_eval, warn_shared_prompts)
 from rlhfkit.data.packing import supports_shared_prefix
 from rlhfkit.dpo.config import DPOConfig, check_loss_options
@@ -132,10 +132,10 @@ def load_pair_records(data: DataConfig, seed: int) -> tuple[list[dict], list[dic
     if not data.train:
         raise RlhfkitError("no training data: pass --data.train FILE (preferences or rankings JSONL)")
     kind = detect_kind(data.train, PAIR_KINDS, unreadable="preferences", columns=data.columns)
-    records = read_records(data.train, kind, data.columns)[: data.max_records]
+    records = read_data(data, data.train, kind)[: data.max_records]
     if data.eval:
         eval_kind = detect_kind(data.eval, PAIR_KINDS, unreadable="preferences", columns=data.columns)
-        held = read_records(data.eval, eval_kind, data.columns)
+        held = read_data(data, data.eval, eval_kind)
         warn_shared_prompts(records, held, data.train, data.eval)
         return as_pairs(records, kind), as_pairs(held, eval_kind)
     train, held = split_train_eval(records, data.eval_fraction, seed)

@@ -37,9 +37,9 @@ def label_round(s: Setup, candidates: list[dict], round_index: int, scorer: Any,
     from rlhfkit.labeling.auto import label_candidates
     from rlhfkit.labeling.gold import scorer_source
 
+    located = [where[prompt_key(c["prompt"])] for c in candidates] if where is not None else None
     records, counts = label_candidates(candidates, scorer, "pairs", s.cfg.label_temperature,
-                                       s.cfg.train.seed + round_index, s.cfg.judge, scorer_source(s.cfg.judge),
-                                       [where[prompt_key(c["prompt"])] for c in candidates] if where is not None else None)
+                                       s.cfg.train.seed + round_index, s.cfg.judge, scorer_source(s.cfg.judge), located)
     return records, dict(counts)
 
 
@@ -76,7 +76,8 @@ def run_online(cfg: DPOConfig) -> dict[str, Any]:
     if not cfg.prompts:
         raise RlhfkitError("--online needs --prompts FILE (prompts JSONL)")
     check_run_dir(cfg.out, cfg.train.resume)  # a used or unwritable --out is refused before anything is read
-    located = read_located(cfg.prompts, "prompts", cfg.data.columns)[: cfg.data.max_records]
+    located = read_located(cfg.prompts, "prompts", cfg.data.columns,
+                           skip_invalid=cfg.data.invalid == "skip")[: cfg.data.max_records]
     scorer = make_scorer(cfg.judge)  # fail before any sampling if the judge cannot be built
     prompts = [r["prompt"] for r, _ in located]
     where = {}
