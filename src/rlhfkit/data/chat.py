@@ -22,6 +22,7 @@ template both are rendered with it and encode to the same tokens.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Union
 
 from rlhfkit.errors import DataError
@@ -147,16 +148,18 @@ def _reply(value: Any, where: Where, field: str) -> str:
     return response_text(value, where, field)
 
 
+def shared_marker(chosen: str, rejected: str) -> tuple[int, str]:
+    """(start, marker) of the assistant marker that ends last within the two texts' shared beginning; start -1
+    when they share none."""
+    shared = len(os.path.commonprefix([chosen, rejected]))
+    return max((chosen.rfind(marker, 0, shared), marker) for marker in ASSISTANT_MARKERS)
+
+
 def implicit_prompt(chosen: str, rejected: str, where: Where) -> tuple[str, str, str]:
     """Full texts -> (prompt, chosen reply, rejected reply): the prompt is their shared beginning up to the end
     of the last assistant marker (`ASSISTANT_MARKERS`) in it, which must be each text's last one: texts that part
     before their last assistant turn do not share a prompt."""
-    shared = 0
-    limit = min(len(chosen), len(rejected))
-    while shared < limit and chosen[shared] == rejected[shared]:
-        shared += 1
-    found = [(chosen.rfind(marker, 0, shared), marker) for marker in ASSISTANT_MARKERS]
-    start, marker = max(found)
+    start, marker = shared_marker(chosen, rejected)
     if start < 0:
         raise DataError(*where, "no prompt: chosen and rejected share no beginning that ends where an assistant turn "
                         "starts (e.g. \"\\n\\nAssistant:\"); give 'prompt' or conversations", "prompt")

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from rlhfkit.data.chat import ASSISTANT_MARKERS, prompt_key
+from rlhfkit.data.chat import ASSISTANT_MARKERS, prompt_key, shared_marker
 from rlhfkit.data.convert import is_message_row, is_tree, rows_to_trees
 from rlhfkit.data.records import normalize, raw_rows, record_kind
 from rlhfkit.errors import DataError, RlhfkitError
@@ -44,14 +44,6 @@ def _has_history(value: Any) -> bool:
     return isinstance(value, list) and len(value) > 1
 
 
-def full_text_marker(chosen: str, rejected: str) -> str | None:
-    """The assistant marker whose last occurrence in the two texts' shared beginning ends their implicit prompt,
-    as `chat.implicit_prompt` picks it; None when they share none."""
-    shared = os.path.commonprefix([chosen, rejected])
-    start, marker = max((shared.rfind(m), m) for m in ASSISTANT_MARKERS)
-    return marker if start >= 0 else None
-
-
 def _preference_shape(rec: dict) -> str:
     chosen, rejected = rec.get("chosen"), rec.get("rejected")
     if "prompt" in rec:
@@ -62,9 +54,9 @@ def _preference_shape(rec: dict) -> str:
         else:  # strings, or values of no accepted type (the reader names them)
             shape = "strings"
     elif isinstance(chosen, str) and isinstance(rejected, str):
-        marker = full_text_marker(chosen, rejected)
+        start, marker = shared_marker(chosen, rejected)
         # HH-RLHF's marker is plain text; the others are chat templates' assistant headers (chat.ASSISTANT_MARKERS)
-        shape = ("implicit prompt, full texts (no shared assistant marker)" if marker is None
+        shape = ("implicit prompt, full texts (no shared assistant marker)" if start < 0
                  else f"implicit prompt, full texts (marker {marker!r})" if marker == ASSISTANT_MARKERS[0]
                  else f"implicit prompt, full texts (chat template marker {marker!r})")
     else:
