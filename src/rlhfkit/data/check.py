@@ -166,8 +166,8 @@ def _message_rows(rows: Iterable[tuple[Any, Any]], found: Survey) -> Iterator[tu
 
 
 def _tree_size(root: dict) -> int:
-    """Messages in a tree `rows_to_trees` gathered, each counted once (a message id given twice can join two
-    nodes in a loop)."""
+    """Messages in a tree `rows_to_trees` gathered (it refuses a repeated message id, so there is no loop; each
+    node is still counted once)."""
     seen: set[int] = set()
     stack = [root]
     while stack:
