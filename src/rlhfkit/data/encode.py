@@ -12,6 +12,7 @@ template, or without one as a continuation (a string) or the plain template (`PL
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,10 +171,18 @@ def _ends_with_header(tokenizer: Any, text: str) -> bool:
     """Whether text ends as the chat template ends a prompt: with what it renders after a user turn's content,
     the generation prompt included (ChatML: `<|im_end|>\n<|im_start|>assistant\n`). Not the generation prompt
     alone: Llama 2's and Mistral's is empty, their prompt ends with the user turn's ` [/INST]`."""
+    end = _prompt_end(tokenizer, str(tokenizer.chat_template))
+    return bool(end) and text.rstrip().endswith(end)
+
+
+@functools.lru_cache(maxsize=16)
+def _prompt_end(tokenizer: Any, template: str) -> str:
+    """What the chat template renders after a user turn's content, trailing whitespace stripped. Cached per
+    tokenizer and template (the key's second part: a template set later is rendered anew): every string prompt
+    encoded asks, and rendering it costs about a sixth of encoding a pair."""
     sentinel = "rlhfkit-user-turn"
     rendered = render_chat(tokenizer, [{"role": "user", "content": sentinel}], True)
-    end = rendered[rendered.rindex(sentinel) + len(sentinel):].rstrip()
-    return bool(end) and text.rstrip().endswith(end)
+    return rendered[rendered.rindex(sentinel) + len(sentinel):].rstrip()
 
 
 def render_chat(tokenizer: Any, messages: list[dict], add_generation_prompt: bool) -> str:
