@@ -40,10 +40,11 @@ def test_module_function_spec_and_bad_specs():
 
 def test_rm_spec_loads_lazily_through_reward_module(monkeypatch):
     fake = types.ModuleType("rlhfkit.reward")
-    fake.load_reward_scorer = lambda path: (lambda prompts, responses: [float(path == "ckpt")] * len(responses))
+    fake.load_reward_scorer = lambda path, norm_reference=None: (lambda prompts, responses: [float(path == "ckpt")] * len(responses))
     monkeypatch.setitem(sys.modules, "rlhfkit.reward", fake)
     assert gold.make_scorer("rm:ckpt")(["p"], ["r"]) == [1.0]
     assert gold.scorer_source("rm:ckpt") == "rm" and gold.scorer_source("vader") == "gold"
+    assert gold.scorer_source("hf:") == gold.scorer_source("openai:gpt-4o-mini") == "ai"
     monkeypatch.setitem(sys.modules, "rlhfkit.reward", None)  # makes the import fail
     with pytest.raises(RlhfkitError, match="load_reward_scorer"):
         gold.make_scorer("rm:ckpt")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
+from fixed_judge import build_fixed_judge
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.judges import (Completion, JudgementCache, JudgeOptions, LMJudge, choice_probability, expected_score,
@@ -189,45 +189,8 @@ def test_the_cache_key_holds_the_judge_and_the_template(tmp_path):
 # ------------------------------------------------------------------------- the local backend, fixed answers
 @pytest.fixture(scope="module")
 def always_a_dir(tmp_path_factory):
-    """A tiny Llama that answers "A" and then EOS whatever it is asked, with P(A) / (P(A) + P(B)) = 3/4.
-
-    Attention and MLP write nothing (their output projections are zero), so the last position's hidden state is
-    its token's embedding: e0 for every token but "A", whose embedding is e1. The head maps e0 to "A" (logit
-    c), "B" (logit c - ln 3 after the final RMSNorm scales e0 by sqrt(hidden)) and e1 to EOS."""
-    import sys
-
-    from transformers import LlamaForCausalLM
-
-    from rlhfkit.config import TinyArch
-    from rlhfkit.models import build_tiny, train_bpe_tokenizer
-
-    sys.path.insert(0, "tests")
-    from toy import toy_texts
-
-    tok = train_bpe_tokenizer(toy_texts(300) + ["A B A B"], vocab_size=300)
-    config = build_tiny(tok, TinyArch(hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
-                                      max_positions=512), seed=0).config
-    config.tie_word_embeddings = False  # the head and the embeddings are set apart below
-    model = LlamaForCausalLM(config)
-    a_id, b_id = tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")
-    hidden = model.config.hidden_size
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.embed_tokens.weight.zero_()
-        model.model.embed_tokens.weight[:, 0] = 1.0
-        model.model.embed_tokens.weight[a_id] = torch.nn.functional.one_hot(torch.tensor(1), hidden).float()
-        model.model.norm.weight.fill_(1.0)
-        model.lm_head.weight.zero_()
-        scale = math.sqrt(hidden)  # RMSNorm of a one-hot vector
-        model.lm_head.weight[a_id, 0] = 5.0 / scale
-        model.lm_head.weight[b_id, 0] = (5.0 - math.log(3)) / scale
-        model.lm_head.weight[tok.eos_token_id, 1] = 10.0 / scale
-    path = tmp_path_factory.mktemp("judge") / "always-a"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    """A tiny Llama that answers "A" and then EOS whatever it is asked, with P(A) / (P(A) + P(B)) = 3/4."""
+    return build_fixed_judge(tmp_path_factory.mktemp("judge") / "always-a", "A", "B", odds=3.0)
 
 
 def test_the_hf_backend_on_a_model_that_always_answers_a(always_a_dir, tmp_path):

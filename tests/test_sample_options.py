@@ -12,7 +12,8 @@ MISSING = "/nonexistent/model"  # loading it would fail differently: the refusal
 @pytest.mark.parametrize("flags, message", [
     (["--reward", "vader"], "--reward vader only picks among --best-of N samples, and --best-of is 1: pass "
                             "--best-of N (N >= 2) to keep the best of N, or drop --reward for plain samples"),
-    (["--best-of", "4"], "--best-of needs --reward (rm:PATH, vader or module:function) to pick the best"),
+    (["--best-of", "4"], "--best-of needs --reward (rm:PATH, vader, module:function, hf:MODEL or openai:MODEL) to "
+                         "pick the best"),
     (["--best-of", "0", "--reward", "vader"], "--best-of must be >= 1 (1: plain sampling), got 0"),
     (["--best-of", "4", "--reward", "rm:/nonexistent/rm", "--temperature", "0", "--num-samples", "1"],
      "--temperature 0 (greedy) draws the same completion every time, so --best-of 4 would pick among copies; "

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from rlhfkit.data import check_output, encode_prompt, read_located, write_jsonl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.generation import decode_responses, sample
+from rlhfkit.judges.judge import JudgeOptions
 from rlhfkit.sampling import SamplingConfig, check_sampling
 from rlhfkit.tracking import say
 
@@ -60,7 +61,7 @@ def best_of_n(model: Any, tokenizer: Any, prompts: list[str], scorer: Scorer, n:
 
 # ---------------------------------------------------------------------------------------------- rlhfkit sample
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(JudgeOptions):
     """rlhfkit sample: K completions per prompt -> a candidates JSONL ({"prompt", "responses", "policy"})."""
 
     model: str = "tiny"
@@ -84,7 +85,8 @@ class SampleConfig:
     best_of: int = 1
     """Each written response is the best of this many samples under --reward (1: plain sampling)."""
     reward: str | None = None
-    """Scorer for --best-of (and only used with it): `rm:PATH`, `vader` or `module:function`."""
+    """Scorer for --best-of (and only used with it): `rm:PATH`, `vader`, `module:function`, or a language model's 1-7
+    score (`hf:MODEL`, `openai:MODEL`; ties broken by the score's expectation under its log-probs)."""
     batch_size: int = 64
     """Sequences per generation forward pass."""
     max_prompt_length: int = 64
@@ -107,7 +109,8 @@ def check_sample_config(cfg: SampleConfig) -> None:
     if cfg.best_of < 1:
         raise RlhfkitError(f"--best-of must be >= 1 (1: plain sampling), got {cfg.best_of}")
     if cfg.best_of > 1 and not cfg.reward:
-        raise RlhfkitError("--best-of needs --reward (rm:PATH, vader or module:function) to pick the best")
+        raise RlhfkitError("--best-of needs --reward (rm:PATH, vader, module:function, hf:MODEL or openai:MODEL) to "
+                           "pick the best")
     if cfg.reward and cfg.best_of == 1:
         raise RlhfkitError(f"--reward {cfg.reward} only picks among --best-of N samples, and --best-of is 1: pass "
                            "--best-of N (N >= 2) to keep the best of N, or drop --reward for plain samples")
@@ -133,7 +136,7 @@ def sample_main(argv: list[str]) -> int:
     check_output(cfg.out)
     located = read_located(cfg.prompts, "prompts")
     prompts = [r["prompt"] for r, _ in located]
-    scorer = make_scorer(cfg.reward) if cfg.best_of > 1 else (lambda p, r: [0.0] * len(r))
+    scorer = make_scorer(cfg.reward, cfg) if cfg.best_of > 1 else (lambda p, r: [0.0] * len(r))
     model, tokenizer = load_causal_lm(ModelConfig(name=cfg.model), seed=cfg.seed)
     # K written responses per prompt = K rows of the prompt, each the best of `best_of` samples
     rows = [p for p in prompts for _ in range(cfg.num_samples)]

@@ -226,7 +226,8 @@ def _from_dict(cls: type[T], data: dict[str, Any], source: str, allow_missing: b
     if missing:  # check what is given against a copy of cls without the absent required fields
         hints = typing.get_type_hints(cls)
         target = dataclasses.make_dataclass(cls.__name__, [
-            (f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory))
+            (f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory,
+                                                      kw_only=f.kw_only is True))  # keyword-only mixins (JudgeOptions)
             for f in dataclasses.fields(cls) if f.name not in missing])
     config = dacite.Config(strict=True, cast=[tuple, Path], type_hooks={float: _to_float})
     try:
@@ -363,7 +364,7 @@ def bool_options(cls: type, prefix: str = "") -> set[str]:
     names: set[str] = set()
     for f in dataclasses.fields(cls):
         name = prefix + f.name.replace("_", "-")
-        if hints[f.name] is bool:
+        if hints[f.name] in (bool, bool | None):  # bool | None: unset means "decide from the input" (auto)
             names.add(name)
         elif dataclasses.is_dataclass(hints[f.name]):
             names |= bool_options(hints[f.name], name + ".")

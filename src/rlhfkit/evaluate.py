@@ -30,7 +30,9 @@ import torch
 
 from rlhfkit import stats
 from rlhfkit.data import check_output, encode_prompt, read_located, write_text
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.generation import Rollout, decode_responses, sample
+from rlhfkit.judges.judge import JudgeOptions, PairVerdict
 from rlhfkit.labeling.gold import checked_scores
 from rlhfkit.logprobs import sequence_logprob_sums
 from rlhfkit.sampling import SamplingConfig, check_sampling
@@ -156,9 +158,25 @@ def judge_win_rate(prompts: list[str], completions_a: list[str], completions_b: 
     return stats.win_rate(scores_a, scores_b)
 
 
+def verdict_win_rate(verdicts: list[PairVerdict]) -> tuple[stats.WinRate, dict[str, Any]]:
+    """Win rate of a (first) over b from pairwise verdicts, ties counting half, and what it leaves out or should
+    be read with: unparseable verdicts (excluded from n) and order-inconsistent ones (counted as ties)."""
+    winners = [v.winner for v in verdicts]
+    judged = [w for w in winners if w is not None]
+    if not judged:
+        raise RlhfkitError(f"the judge gave no usable verdict on any of {len(verdicts)} pairs (all unparseable)")
+    wr = stats.win_rate_counts(judged.count("a"), judged.count("b"), judged.count("tie"))
+    inconsistent = sum(v.consistent is False for v in verdicts)
+    probs = [v.prob_a for v in verdicts if v.prob_a is not None]
+    extra = {"unparseable": len(winners) - len(judged), "order_inconsistent": inconsistent,
+             "order_inconsistent_share": inconsistent / len(verdicts),
+             "mean_prob_a": sum(probs) / len(probs) if probs else None}
+    return wr, extra
+
+
 # ------------------------------------------------------------------------------------------------------ CLI
 @dataclass(frozen=True)
-class RewardKLArgs:
+class RewardKLArgs(JudgeOptions):
     """rlhfkit eval reward-kl: mean gold reward and KL(pi || pi_ref) of a policy on held-out prompts."""
 
     policy: str
@@ -168,7 +186,7 @@ class RewardKLArgs:
     prompts: str
     """Held-out prompts JSONL ({"prompt"})."""
     judge: str = "vader"
-    """Gold scorer: vader, module:function, or rm:PATH."""
+    """Gold scorer: vader, module:function, rm:PATH, or a language model's 1-7 score (hf:MODEL, openai:MODEL)."""
     num_prompts: int = 256
     """Evaluate on the first N prompts."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -180,7 +198,7 @@ class RewardKLArgs:
 
 
 @dataclass(frozen=True)
-class WinRateArgs:
+class WinRateArgs(JudgeOptions):
     """rlhfkit eval win-rate: how often policy A's completion beats policy B's on the same prompt."""
 
     a: str
@@ -190,7 +208,8 @@ class WinRateArgs:
     prompts: str
     """Held-out prompts JSONL ({"prompt"})."""
     judge: str = "vader"
-    """Judge: vader, module:function, or rm:PATH."""
+    """Judge: vader, module:function or rm:PATH (the higher score wins), or a language model asked which completion
+    is better, in both orders (hf:MODEL; 'hf:' = SmolLM2-135M-Instruct offline; openai:MODEL with --judge-url)."""
     num_prompts: int = 256
     """Evaluate on the first N prompts."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -217,7 +236,7 @@ def reward_kl_main(argv: list[str]) -> int:
     if args.out:
         check_output(args.out)
     located = read_located(args.prompts, "prompts")[: args.num_prompts]
-    scorer = make_scorer(args.judge)
+    scorer = make_scorer(args.judge, args)
     policy, tokenizer = _load(args.policy)
     reference, _ = _load(args.reference)
     evaluation = evaluate_policy(policy, reference, tokenizer, [r["prompt"] for r, _ in located], scorer,
@@ -234,21 +253,27 @@ def win_rate_main(argv: list[str]) -> int:
     import json
 
     from rlhfkit.config import parse
-    from rlhfkit.labeling.gold import make_scorer
+    from rlhfkit.labeling.auto import make_labeler
 
     args = parse(WinRateArgs, argv, prog="rlhfkit eval win-rate")
     check_sampling(args.sampling.temperature, args.sampling.top_p)  # before loading models; any top_p is fine here
     located = read_located(args.prompts, "prompts")[: args.num_prompts]
     prompts, where = [r["prompt"] for r, _ in located], [w for _, w in located]
-    scorer = make_scorer(args.judge)
-    completions = []
+    labeler = make_labeler(args.judge, args, "pairs")
+    completions, lengths = [], []
     for path in (args.a, args.b):
         model, tokenizer = _load(path)
         rollout = sample(model, [encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id,
                          tokenizer.eos_token_id, args.sampling, num_samples=1, seed=args.seed,
                          where=where)  # one per prompt
         completions.append(decode_responses(tokenizer, rollout))
-    wr = judge_win_rate(prompts, completions[0], completions[1], scorer, args.judge, where)
-    print(json.dumps(win_rate_dict(wr), indent=2))
-    say(f"win-rate: {describe_win_rate(wr)}")
+        lengths.append(float(rollout.lengths.float().mean()))
+    verdicts = labeler.compare(prompts, completions[0], completions[1], where)
+    wr, extra = verdict_win_rate(verdicts)
+    result = {**win_rate_dict(wr), **extra, "mean_length_a": lengths[0], "mean_length_b": lengths[1],
+              "judge": verdicts[0].judge, "template": verdicts[0].template or None}
+    print(json.dumps(result, indent=2))
+    say(f"win-rate: {describe_win_rate(wr)}; mean length {lengths[0]:.1f} (A) vs {lengths[1]:.1f} (B) tokens"
+        + (f"; {extra['unparseable']} unparseable left out" if extra["unparseable"] else "")
+        + (f"; {extra['order_inconsistent']} order-inconsistent (ties)" if extra["order_inconsistent"] else ""))
     return 0

@@ -134,8 +134,15 @@ def win_rate(scores_a: Any, scores_b: Any, tie_tolerance: float = 0.0) -> WinRat
         raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance}")
     diff = a - b  # (N,)
     wins, losses = int((diff > tie_tolerance).sum()), int((diff < -tie_tolerance).sum())
-    n = int(diff.size)
-    ties = n - wins - losses
+    return win_rate_counts(wins, losses, int(diff.size) - wins - losses)
+
+
+def win_rate_counts(wins: int, losses: int, ties: int) -> WinRate:
+    """The WinRate of counted verdicts (a pairwise judge's): rate = (wins + ties / 2) / n with its 95% Wilson
+    interval, n = wins + losses + ties (see `win_rate`)."""
+    n = wins + losses + ties
+    if n == 0:
+        raise ValueError("no verdicts to compute a win rate from")
     rate = (wins + 0.5 * ties) / n
     low, high = wilson_interval(rate, n)
     return WinRate(wins=wins, losses=losses, ties=ties, n=n, rate=rate, low=low, high=high)

@@ -102,11 +102,16 @@ def _responses(rec: dict, where: tuple[str, int | None], min_len: int, allow_emp
 
 
 def normalize(rec: Any, kind: str, where: tuple[str, int | None]) -> list[dict]:
-    """The records of `kind` one raw record holds, in rlhfkit's form: usually one (`validate`); for rankings,
-    none for responses whose scores all tie, and one per ranked reply set of an OpenAssistant tree
+    """The records of `kind` one raw record holds, in rlhfkit's form: usually one (`validate`); none for a
+    preference whose label says `"tie": true` (a judge's kept tie) and, for rankings, for responses whose scores
+    all tie, and one per ranked reply set of an OpenAssistant tree
     (`rlhfkit.data.convert`)."""
     if kind == "rankings" and is_tree(rec):
         return [validate(r, kind, where) for r in tree_rankings(rec, where)]
+    if kind == "preferences" and isinstance(rec, dict) and isinstance(rec.get("label"), dict) \
+            and rec["label"].get("tie") is True:
+        validate(rec, kind, where)  # a tie is still checked, then carries no preference
+        return []
     if kind == "rankings" and isinstance(rec, dict) and "ranking" not in rec and "scores" in rec:
         ranked = scored_to_ranking(rec, where)
         return [] if ranked is None else [validate(ranked, kind, where)]
@@ -299,7 +304,8 @@ def located_records(source: str | os.PathLike, kind: str, columns: str | Mapping
         for rec in records:
             yield rec, where
     if empty:
-        say(f"{source}: {empty} records hold no preference (every score equal, or no ranked replies): skipped")
+        say(f"{source}: {empty} records hold no preference (a tie, every score equal, or no ranked replies): "
+            "skipped")
     if problems:
         say(f"warning: {source}: {len(problems)} invalid records skipped (--data.invalid skip); the first: "
             f"{problems[0]}")

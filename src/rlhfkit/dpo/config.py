@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from rlhfkit.config import DataConfig, LoRAConfig, ModelConfig, OptimConfig, TrainConfig, refuse_unused
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.judges.judge import JudgeOptions
 
+JUDGE_OPTIONS = tuple(f.name for f in fields(JudgeOptions))
 LossName = Literal["dpo", "ipo", "cdpo", "preferred_ft", "unlikelihood"]
 
 
 @dataclass(frozen=True)
-class DPOConfig:
+class DPOConfig(JudgeOptions):
     """rlhfkit dpo: preference optimisation on {"prompt","chosen","rejected"} pairs (or rankings), or online."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -55,7 +57,8 @@ class DPOConfig:
     prompts: str = ""
     """Online: prompts JSONL ({"prompt"} per line)."""
     judge: str = "vader"
-    """Online labeler: 'vader', 'module:function' (a scorer) or 'rm:PATH' (a reward model)."""
+    """Online labeler: 'vader', 'module:function' (a scorer), 'rm:PATH' (a reward model), 'hf:MODEL' or
+    'openai:MODEL' (a language model asked which of two responses is better; see --judge-* options)."""
     samples_per_prompt: int = 4
     """Online: responses K sampled per prompt (all C(K,2) pairs are labelled; exact ties are dropped)."""
     temperature: float = 1.0
@@ -80,7 +83,7 @@ def unused_options(cfg: DPOConfig) -> dict[str, str]:
     else:
         why = "only --online uses it (offline DPO trains on --data.train)"
         unused.update({name: why for name in ("rounds", "prompts", "judge", "samples_per_prompt", "temperature",
-                                              "label_temperature")})
+                                              "label_temperature", *JUDGE_OPTIONS)})
     return unused
 
 

@@ -5,7 +5,7 @@ before round 1 and never trained on."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhfkit.data import encode_prompt, prompt_key, read_located, split_summary, split_train_eval, write_jsonl
 from rlhfkit.dpo.config import DPOConfig
@@ -15,6 +15,9 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.generation import check_room, decode_responses, sample
 from rlhfkit.sampling import SamplingConfig
 from rlhfkit.tracking import Run, check_run_dir, say
+
+if TYPE_CHECKING:
+    from rlhfkit.labeling.auto import Labeler
 
 
 def sample_candidates(s: Setup, prompts: list[str], round_index: int) -> list[dict]:
@@ -30,21 +33,20 @@ def sample_candidates(s: Setup, prompts: list[str], round_index: int) -> list[di
             for i, p in enumerate(prompts)]
 
 
-def label_round(s: Setup, candidates: list[dict], round_index: int, scorer: Any,
+def label_round(s: Setup, candidates: list[dict], round_index: int, labeler: Labeler,
                 where: dict[str, tuple[str, int]] | None = None) -> tuple[list[dict], dict]:
     """Preference records for the round's candidates (the labeler drops and counts empty responses). where:
     each prompt's (file, line) in --prompts, named if the judge returns NaN for one of its responses."""
-    from rlhfkit.labeling.auto import label_candidates
-    from rlhfkit.labeling.gold import scorer_source
+    from rlhfkit.labeling.auto import label_with
 
     located = [where[prompt_key(c["prompt"])] for c in candidates] if where is not None else None
-    records, counts = label_candidates(candidates, scorer, "pairs", s.cfg.label_temperature,
-                                       s.cfg.train.seed + round_index, s.cfg.judge, scorer_source(s.cfg.judge), located)
+    records, counts = label_with(labeler, candidates, "pairs", s.cfg.label_temperature, s.cfg.train.seed + round_index,
+                                 where=located)
     return records, dict(counts)
 
 
 def online_round_records(s: Setup, train_prompts: list[str], held_prompts: list[str], round_index: int,
-                         scorer: Any, round_dir: Path,
+                         labeler: Labeler, round_dir: Path,
                          where: dict[str, tuple[str, int]] | None = None) -> tuple[list[dict], list[dict], dict]:
     """Sample and label one online round; returns (training pairs, held-out pairs, label counts).
 
@@ -54,7 +56,7 @@ def online_round_records(s: Setup, train_prompts: list[str], held_prompts: list[
     """
     held = {prompt_key(p) for p in held_prompts}
     candidates = sample_candidates(s, train_prompts + held_prompts, round_index)  # one sampling pass for both
-    records, counts = label_round(s, candidates, round_index, scorer, where)
+    records, counts = label_round(s, candidates, round_index, labeler, where)
     train_recs = [r for r in records if prompt_key(r["prompt"]) not in held]
     eval_recs = [r for r in records if prompt_key(r["prompt"]) in held]
     if s.accelerator.is_main_process:
@@ -71,14 +73,15 @@ def run_online(cfg: DPOConfig) -> dict[str, Any]:
 
     The prompts are split by prompt once, before any round (<out>/heldout_prompts.jsonl): held-out prompts are
     sampled and labelled every round for that round's eval pairs and the sampled KL, and never trained on."""
-    from rlhfkit.labeling.gold import make_scorer
+    from rlhfkit.labeling.auto import make_labeler, refuse_noise
 
     if not cfg.prompts:
         raise RlhfkitError("--online needs --prompts FILE (prompts JSONL)")
     check_run_dir(cfg.out, cfg.train.resume)  # a used or unwritable --out is refused before anything is read
     located = read_located(cfg.prompts, "prompts", cfg.data.columns,
                            skip_invalid=cfg.data.invalid == "skip")[: cfg.data.max_records]
-    scorer = make_scorer(cfg.judge)  # fail before any sampling if the judge cannot be built
+    refuse_noise(cfg.judge, "pairs", cfg.label_temperature)
+    labeler = make_labeler(cfg.judge, cfg)  # fail before any sampling if the judge cannot be built
     prompts = [r["prompt"] for r, _ in located]
     where = {}
     for rec, at in located:
@@ -93,7 +96,7 @@ def run_online(cfg: DPOConfig) -> dict[str, Any]:
     rounds = []
     for i in range(1, cfg.rounds + 1):
         round_dir = run.dir / f"round-{i}"
-        train_recs, eval_recs, counts = online_round_records(s, train_prompts, held_prompts, i, scorer, round_dir,
+        train_recs, eval_recs, counts = online_round_records(s, train_prompts, held_prompts, i, labeler, round_dir,
                                                              where)
         train_pairs, _ = encode_pairs(s.tokenizer, train_recs, cfg.data)
         eval_pairs, _ = encode_pairs(s.tokenizer, eval_recs, cfg.data)

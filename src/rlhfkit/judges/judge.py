@@ -96,11 +96,11 @@ class PairVerdict:
     template: str = ""
 
     def provenance(self) -> dict[str, Any]:
-        """What a labelled record keeps of how it was judged."""
+        """What a labelled record keeps of how it was judged (prob_a is about the order asked: the caller turns it
+        into P(chosen))."""
         out: dict[str, Any] = {"judge": self.judge}
         if self.template:
-            out.update(template=self.template, answers=list(self.answers), prob_a=self.prob_a,
-                       consistent=self.consistent)
+            out.update(template=self.template, answers=list(self.answers), consistent=self.consistent)
         if self.scores is not None:
             out["scores"] = list(self.scores)
         return out

@@ -24,6 +24,13 @@ Gumbel noise, so the sampled ranking orders them uniformly at random, as the Pla
 the record is kept and counted (`rankings_with_ties`); only a record whose responses all score the same carries
 no preference and is dropped (counted: `ties_dropped`). Responses repeating an earlier text of the same record are
 dropped first (counted: `identical_dropped`), as in pairs, so a repeat is not counted as a tie.
+
+Language-model judges (`hf:MODEL`, `openai:MODEL`, `rlhfkit.judges`). Pairs: every pair is a pairwise question,
+asked in both orders (`judge_candidates`); the judge's verdict orders it, with no noise model (--temperature is
+refused). A tie (the orders disagree, or the judge says so) is dropped and counted, or kept with `--ties keep` as a
+record whose label says `"tie": true`, which training reads as no preference. An answer that stays unparseable
+drops the pair (counted: `unparseable_dropped`). Rankings: each response gets the judge's pointwise 1-7 score
+(its expectation under the answer's log-probs where the backend gives them) and is ranked as above.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from pathlib import Path
 from typing import Literal
 
 from rlhfkit.data import check_output, read_located, write_jsonl
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.judges.judge import JudgeOptions, LMJudge, PairVerdict, is_lm_judge, make_judge, scorer_verdicts
 from rlhfkit.labeling.gold import Scorer, checked_scores, make_scorer, scorer_source
 
 
@@ -102,16 +111,24 @@ def _all_scores(candidates: list[dict], scorer: Scorer, spec: str,
     return [flat[a:b] for a, b in zip(offsets, offsets[1:])]
 
 
+def candidate_pairs(responses: list[str], counts: Counter) -> list[tuple[int, int]]:
+    """Every pair (i, j), i < j, of one record's responses that can carry a preference; pairs with an empty text
+    (a policy may answer with EOS at once) or the same text twice are left out and counted."""
+    pairs = []
+    for i, j in itertools.combinations(range(len(responses)), 2):
+        if not responses[i].strip() or not responses[j].strip():
+            counts["empty_dropped"] += 1
+        elif responses[i] == responses[j]:
+            counts["identical_dropped"] += 1
+        else:
+            pairs.append((i, j))
+    return pairs
+
+
 def _pair_records(cand: dict, scores: list[float], temperature: float, rng, label: dict, counts: Counter):
     """All C(K, 2) pairs of one candidate record, each ordered by a (noisy) preference."""
     records = []
-    for i, j in itertools.combinations(range(len(scores)), 2):
-        if not cand["responses"][i].strip() or not cand["responses"][j].strip():
-            counts["empty_dropped"] += 1  # a policy may answer with EOS at once; an empty text cannot be a pair
-            continue
-        if cand["responses"][i] == cand["responses"][j]:
-            counts["identical_dropped"] += 1  # the same text twice: no preference to express
-            continue
+    for i, j in candidate_pairs(cand["responses"], counts):
         if scores[i] == scores[j]:
             counts["ties_dropped"] += 1
             continue
@@ -182,20 +199,108 @@ def label_candidates(
     return records, counts
 
 
+def judge_candidates(candidates: list[dict], judge: LMJudge, ties: Literal["drop", "keep"] = "drop",
+                     labeler_name: str = "custom") -> tuple[list[dict], Counter]:
+    """Preference records for every pair of every candidate record, ordered by a language model's pairwise
+    verdicts (asked all at once, so the judge batches and caches them). Provenance on each: {"source": "ai",
+    "labeler", "time", "policy", "judge", "template", "answers" (raw, first order first), "consistent",
+    "prob_chosen" (P(chosen is better) from log-probs, or None)}, and `"tie": true` for kept ties. Returns
+    (records, counts): pairs dropped as empty / identical / tied / unparseable, kept ties, order-inconsistent
+    verdicts, and the judge's own counts (backend calls, cache hits, unparseable answers re-asked)."""
+    counts: Counter = Counter(candidates=len(candidates), ties_dropped=0, unparseable_dropped=0)
+    pairs = [(c, i, j) for c, cand in enumerate(candidates) for i, j in candidate_pairs(cand["responses"], counts)]
+    verdicts = judge.compare([candidates[c]["prompt"] for c, _, _ in pairs],
+                             [candidates[c]["responses"][i] for c, i, _ in pairs],
+                             [candidates[c]["responses"][j] for c, _, j in pairs])
+    time = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    records = []
+    for (c, i, j), verdict in zip(pairs, verdicts):
+        if verdict.winner is None:
+            counts["unparseable_dropped"] += 1
+            continue
+        if verdict.winner == "tie" and ties == "drop":
+            counts["ties_dropped"] += 1
+            continue
+        chosen, rejected = (j, i) if verdict.winner == "b" else (i, j)
+        prob = verdict.prob_a if chosen == i or verdict.prob_a is None else 1.0 - verdict.prob_a
+        label = {"source": "ai", "labeler": labeler_name, "time": time, "policy": candidates[c].get("policy"),
+                 **verdict.provenance(), "prob_chosen": prob}
+        if verdict.winner == "tie":
+            label["tie"] = True
+            counts["ties_kept"] += 1
+        responses = candidates[c]["responses"]
+        records.append({"prompt": candidates[c]["prompt"], "chosen": responses[chosen],
+                        "rejected": responses[rejected], "label": label})
+    counts["order_inconsistent"] = sum(v.consistent is False for v in verdicts)
+    counts.update({f"judge_{k}": v for k, v in judge.counts.items()
+                   if k in ("backend_calls", "cache_hits", "unparseable_answers")})
+    counts["records"] = len(records)
+    return records, counts
+
+
 @dataclass(frozen=True)
-class AutoLabelArgs:
+class Labeler:
+    """What labels candidates: a pairwise language-model judge for pairs, else a scorer (a gold function, a reward
+    model, or a language model's pointwise scores for rankings)."""
+
+    spec: str
+    scorer: Scorer | None = None
+    judge: LMJudge | None = None
+
+    def compare(self, prompts: list, responses_a: list[str], responses_b: list[str],
+                where: list[tuple[str, int]] | None = None) -> list[PairVerdict]:
+        """One verdict per (prompt, a, b): the judge's, or the scorer's (higher score wins). where: each prompt's
+        (file, line), named if a scorer returns a non-finite score."""
+        if self.judge is not None:
+            return self.judge.compare(prompts, responses_a, responses_b)
+        assert self.scorer is not None
+        return scorer_verdicts(checked_scores(self.scorer, prompts, responses_a, self.spec, where),
+                               checked_scores(self.scorer, prompts, responses_b, self.spec, where), self.spec)
+
+
+def refuse_noise(spec: str, mode: str, temperature: float) -> None:
+    """A noise temperature means nothing to a pairwise language-model judge: refuse it rather than ignore it."""
+    if temperature and is_lm_judge(spec) and mode == "pairs":
+        raise RlhfkitError("--temperature is the noise model of a scorer's labels; a language-model judge's pairs "
+                           "follow its verdicts (leave it at 0)")
+
+
+def make_labeler(spec: str, options: JudgeOptions | None = None, mode: str = "pairs") -> Labeler:
+    """The labeler `spec` names for `mode`; built before any sampling, so a bad spec fails first."""
+    if is_lm_judge(spec) and mode == "pairs":
+        return Labeler(spec, judge=make_judge(spec, options, "pairwise"))
+    return Labeler(spec, scorer=make_scorer(spec, options))
+
+
+def label_with(labeler: Labeler, candidates: list[dict], mode: Literal["pairs", "rankings"] = "pairs",
+               temperature: float = 0.0, seed: int = 0, ties: Literal["drop", "keep"] = "drop",
+               where: list[tuple[str, int]] | None = None) -> tuple[list[dict], Counter]:
+    """Records for the candidates from either kind of labeler (`judge_candidates` or `label_candidates`)."""
+    if labeler.judge is not None:
+        refuse_noise(labeler.spec, mode, temperature)
+        return judge_candidates(candidates, labeler.judge, ties, labeler.spec)
+    assert labeler.scorer is not None
+    return label_candidates(candidates, labeler.scorer, mode, temperature, seed, labeler.spec,
+                            scorer_source(labeler.spec), where)
+
+
+@dataclass(frozen=True)
+class AutoLabelArgs(JudgeOptions):
     candidates: Path
     """Candidates JSONL: {"prompt", "responses": [...], "policy"} per line; the prompt may be a conversation."""
     out: Path
     """Output JSONL of preference records (pairs) or ranking records (rankings)."""
     judge: str = "vader"
-    """Scorer: 'vader', 'module:function' (your scorer), or 'rm:PATH' (a trained reward model)."""
+    """Labeler: 'vader', 'module:function' (your scorer), 'rm:PATH' (a reward model), 'hf:MODEL' (a local language
+    model; 'hf:' = SmolLM2-135M-Instruct, offline) or 'openai:MODEL' (an OpenAI-compatible server, --judge-url)."""
     mode: Literal["pairs", "rankings"] = "pairs"
     """'pairs': all C(K,2) pairs per prompt; 'rankings': one ranking of the K responses per prompt."""
     temperature: float = 0.0
     """Bradley-Terry / Plackett-Luce noise temperature on the score scale; 0 = always follow the scores."""
     seed: int = 0
     """Seed of the noise."""
+    ties: Literal["drop", "keep"] = "drop"
+    """Language-model judges, pairs: drop a tied pair (counted), or keep it with "label": {"tie": true, ...}."""
 
 
 def main(argv: list[str]) -> int:
@@ -204,11 +309,10 @@ def main(argv: list[str]) -> int:
     args = parse(AutoLabelArgs, argv, prog="rlhfkit label auto")
     check_output(args.out)
     located = read_located(args.candidates, "candidates")  # bad data fails before a judge model loads
-    scorer = make_scorer(args.judge)
-    records, counts = label_candidates(
-        [rec for rec, _ in located], scorer, args.mode, args.temperature, args.seed, args.judge,
-        scorer_source(args.judge), [where for _, where in located],
-    )
+    refuse_noise(args.judge, args.mode, args.temperature)
+    labeler = make_labeler(args.judge, args, args.mode)
+    records, counts = label_with(labeler, [rec for rec, _ in located], args.mode, args.temperature, args.seed,
+                                 args.ties, [where for _, where in located])
     write_jsonl(args.out, records)
     print(json.dumps(dict(counts)))
     return 0

@@ -9,7 +9,13 @@ renders it with its template; VADER and `module:function` scorers get text (a co
     vader              VADER compound sentiment of prompt + " " + response, in [-1, 1] (the gold reward of the
                        sentiment experiment: the DPO paper scores prefix + completion with its classifier)
     module:function    any importable function with the scorer signature
-    rm:PATH            a trained reward model, loaded by `rlhfkit.reward.load_reward_scorer(PATH)`
+    rm:PATH            a reward model (rlhfkit's, or any one-label sequence-classification model), loaded by
+                       `rlhfkit.reward.load_reward_scorer(PATH)`
+    hf:MODEL           a language model asked for a 1-7 score (`rlhfkit.judges`, pointwise); `hf:` alone is the
+    openai:MODEL       offline SmolLM2-135M-Instruct; openai: is any OpenAI-compatible server (--judge-url)
+
+Where two responses are compared (label auto's pairs, win rates, online DPO), a language model is asked the
+pairwise question instead (`rlhfkit.judges.LMJudge.compare`); a scorer compares by score.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ from collections.abc import Sequence
 
 from rlhfkit.data.chat import Prompt, plain_prompt
 from rlhfkit.errors import DataError, MissingPackageError, RlhfkitError
+from rlhfkit.judges.judge import JudgeOptions, is_lm_judge, make_judge
 from rlhfkit.protocols import Scorer
+
+SPELLINGS = "'vader', 'module:function', 'rm:PATH', 'hf:MODEL' or 'openai:MODEL'"
 
 
 @functools.cache
@@ -43,20 +52,25 @@ def vader_score(prompts: list[Prompt], responses: list[str]) -> list[float]:
 
 
 def scorer_source(spec: str) -> str:
-    """What kind of labeler a spec is, for provenance: "rm" for a reward model, "gold" for a function."""
-    return "rm" if spec.startswith("rm:") else "gold"
+    """What kind of labeler a spec is, for provenance: "rm" for a reward model, "ai" for a language model, "gold"
+    for a function."""
+    return "rm" if spec.startswith("rm:") else "ai" if is_lm_judge(spec) else "gold"
 
 
-def make_scorer(spec: str) -> Scorer:
-    """The scorer named by `spec` (see the module docstring); RlhfkitError if it cannot be built."""
+def make_scorer(spec: str, options: JudgeOptions | None = None) -> Scorer:
+    """The scorer named by `spec` (see the module docstring); RlhfkitError if it cannot be built. options: the
+    `--judge-*` settings of a language model or reward model."""
+    options = options or JudgeOptions()
     if spec == "vader":
         _vader_analyzer()  # fail now, not after sampling, if the package is missing
         return vader_score
     if spec.startswith("rm:"):
-        return _reward_model_scorer(spec[3:])
+        return _reward_model_scorer(spec[3:], options.judge_norm)
+    if is_lm_judge(spec):
+        return make_judge(spec, options, "pointwise").scorer()
     module_name, sep, func_name = spec.partition(":")
     if not sep or not module_name or not func_name:
-        raise RlhfkitError(f"unknown judge '{spec}': expected 'vader', 'module:function' or 'rm:PATH'")
+        raise RlhfkitError(f"unknown judge '{spec}': expected {SPELLINGS}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -67,13 +81,13 @@ def make_scorer(spec: str) -> Scorer:
     return functools.wraps(func)(lambda prompts, responses: func([plain_prompt(p) for p in prompts], responses))
 
 
-def _reward_model_scorer(path: str) -> Scorer:
+def _reward_model_scorer(path: str, norm_reference: str = "") -> Scorer:
     try:
         from rlhfkit.reward import load_reward_scorer
     except ImportError as err:
         message = f"judge 'rm:{path}' needs rlhfkit.reward.load_reward_scorer, which is not available ({err})"
         raise RlhfkitError(message) from None
-    return load_reward_scorer(path)
+    return load_reward_scorer(path, norm_reference=norm_reference or None)
 
 
 def checked_scores(scorer: Scorer, prompts: list[Prompt], responses: list[str], spec: str,

@@ -7,6 +7,7 @@ from typing import Literal
 
 from rlhfkit.config import LoRAConfig, ModelConfig, OptimConfig, TrainConfig, refuse_unused
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.judges.judge import JudgeOptions
 from rlhfkit.ppo.advantages import ADVANTAGE_ESTIMATORS
 from rlhfkit.sampling import SamplingConfig, check_sampling
 
@@ -42,7 +43,7 @@ class PTXConfig:
 
 
 @dataclass(frozen=True)
-class PPOConfig:
+class PPOConfig(JudgeOptions):
     """rlhfkit ppo: RLHF with a KL penalty; GAE (PPO) or value-free RLOO / GRPO advantages."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -54,7 +55,8 @@ class PPOConfig:
     max_prompt_length: int = 64
     """Longest prompt in tokens; longer prompts keep their end."""
     reward: str = "vader"
-    """Score of a response: `rm:PATH` (a trained reward model), `vader`, or `module:function`."""
+    """Score of a response: `rm:PATH` (a reward model), `vader`, `module:function`, or a language model's 1-7 score
+    (`hf:MODEL`, `openai:MODEL`; see --judge-* options)."""
     advantage: Literal["gae", "rloo", "grpo"] = "gae"
     """Advantage estimator: GAE with a value head (PPO), or the value-free RLOO / GRPO group baselines."""
     group_size: int = 1

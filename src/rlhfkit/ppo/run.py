@@ -52,7 +52,7 @@ def build_trainer(cfg: PPOConfig, accelerator: Any, located: list[tuple[dict, tu
     from rlhfkit.loop import make_optimizer
     from rlhfkit.models import apply_lora, load_causal_lm
 
-    scorer = make_scorer(cfg.reward)  # fail on a bad spec before loading the model
+    scorer = make_scorer(cfg.reward, cfg)  # fail on a bad spec before loading the model
     policy, tokenizer = load_causal_lm(cfg.model, seed=cfg.train.seed)
     texts = [r["prompt"] for r, _ in located]
     prompts = [encode_prompt(tokenizer, t)[-cfg.max_prompt_length:] for t in texts]
