@@ -29,5 +29,5 @@ def eval_main(argv: list[str]) -> int:
 def score_main(argv: list[str]) -> int:
     cfg = config_lib.parse(RMScoreConfig, argv, prog="rlhfkit rm score")
     n = run_rm_score(cfg)
-    say(f"rm score: {n} records scored ({'normalised' if cfg.normalize else 'raw'} rewards) -> {cfg.out}")
+    say(f"rm score: {n} records scored -> {cfg.out}")  # the scorer says whether its rewards are raw or normalised
     return 0

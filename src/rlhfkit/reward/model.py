@@ -1,8 +1,9 @@
 """The reward model: a one-label sequence-classification model whose reward is read at the last real token.
 
-Loading (a fresh head on a trunk, or a model saved by `rm train`), saving (with the reward normalisation and the
-tokenisation lengths in its config), and the forward passes that read rewards from right-/left-padded rows
-(`reward_at_last_token`) or from shared-prefix rows (`packed_rewards`, `rlhfkit.data.packing`).
+Loading (a fresh head on a trunk, a model saved by `rm train`, or any one-label classifier from elsewhere),
+saving (with the reward normalisation and the tokenisation lengths in its config), and the forward passes that
+read rewards from right-/left-padded rows (`reward_at_last_token`) or from shared-prefix rows (`packed_rewards`,
+`rlhfkit.data.packing`).
 
 A reward model rlhfkit trains carries a tokenizer that ends every text with EOS and pads with a token other
 than EOS (`tokenizer_for_transformers`), so the saved directory scores the ordinary transformers way —
@@ -36,23 +37,26 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (cols * attention_mask.long()).argmax(-1)  # (B,) the rightmost column where the mask is 1
 
 
-def right_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's real tokens to the front (order kept), padding to the end. (B, T) -> (B, T), (B, T)."""
-    order = torch.argsort(1 - attention_mask.long(), dim=-1, stable=True)  # (B, T) real tokens first
-    return input_ids.gather(-1, order), attention_mask.gather(-1, order)
+def right_order(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The column order that moves each row's real tokens to the front (order kept) and padding to the end; gather
+    every (B, T) tensor of a batch with it. (B, T) -> (B, T) long."""
+    return torch.argsort(1 - attention_mask.long(), dim=-1, stable=True)
 
 
-def reward_at_last_token(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def reward_at_last_token(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Scalar reward per sequence, read at the last real token (the EOS). (B, T), (B, T) -> (B,) float32.
 
     Decoder trunks (`score` head): trunk hidden states (B, T, H), gathered at the last attended column, then the
     head — never at "the last token that is not pad", which is wrong when pad == eos. Position ids ignore left
-    padding. Encoders (no `score` head) use their own pooled classification output on right-aligned input.
+    padding. Encoders (no `score` head) use their own pooled classification output on right-aligned input, with
+    the segment ids of a text pair (token_type_ids, (B, T)) when the tokenizer gave them.
     """
     head = getattr(model, "score", None)
     if head is None:
-        input_ids, attention_mask = right_align(input_ids, attention_mask)
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()  # (B,)
+        order = right_order(attention_mask)  # (B, T)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return model(**{k: v.gather(-1, order) for k, v in inputs.items() if v is not None}).logits[:, 0].float()
     trunk = getattr(model, model.base_model_prefix)
     hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
                    use_cache=False).last_hidden_state  # (B, T, H); no KV cache: nothing is generated
@@ -98,17 +102,28 @@ class RewardModel(torch.nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ loading, saving
-def reward_tokenizer(tokenizer: Any) -> Any:
-    """Make a tokenizer usable for rewards: encoders without EOS/BOS use [SEP]/[CLS]; a pad token always."""
+def batching_tokenizer(tokenizer: Any) -> Any:
+    """Name an encoder's [SEP]/[CLS] as its EOS/BOS, and give a tokenizer without a pad token one to pad batches
+    with: its EOS, else its unknown token (masks come from lengths, so any token the model knows pads safely)."""
     if tokenizer.eos_token_id is None and getattr(tokenizer, "sep_token", None):
         tokenizer.eos_token = tokenizer.sep_token
     if tokenizer.bos_token_id is None and getattr(tokenizer, "cls_token", None):
         tokenizer.bos_token = tokenizer.cls_token
-    if tokenizer.eos_token_id is None:
-        raise RlhfkitError("the reward model's tokenizer has no EOS (or [SEP]) token to read the reward at")
     if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # masks come from lengths, so pad == eos is safe
+        filler = tokenizer.eos_token or tokenizer.unk_token
+        if filler is None:
+            raise RlhfkitError("the reward model's tokenizer has no pad, EOS (or [SEP]) or unknown token to pad "
+                               "batches with")
+        tokenizer.pad_token = filler
     return tokenizer
+
+
+def reward_tokenizer(tokenizer: Any) -> Any:
+    """Make a tokenizer usable for rlhfkit's rewards (`batching_tokenizer`) and insist on the EOS rlhfkit's
+    encoding appends and reads the reward at."""
+    if tokenizer.eos_token_id is None and not getattr(tokenizer, "sep_token", None):
+        raise RlhfkitError("the reward model's tokenizer has no EOS (or [SEP]) token to read the reward at")
+    return batching_tokenizer(tokenizer)
 
 
 def distinct_pad(model: Any, tokenizer: Any) -> Any:
@@ -208,9 +223,17 @@ def save_reward_model(model: Any, tokenizer: Any, out_dir: str | Path, norm: dic
     return save_model(model, tokenizer, out_dir)
 
 
+def trained_by_rlhfkit(config: Any) -> bool:
+    """Whether a reward model's config carries what `rm train` saves (its reward normalisation or its encoding
+    lengths): such a model is scored with rlhfkit's encoding, any other the way its own tokenizer encodes."""
+    return any(getattr(config, key, None) is not None for key in ("rlhfkit_reward_norm", "rlhfkit_encoding"))
+
+
 def load_saved_reward_model(path: str | Path) -> tuple[Any, Any]:
     """A reward model saved by `rm train` (or any 1-label sequence-classification dir), in eval mode. The
-    tokenizer is used as saved: rlhfkit's encoding appends the EOS itself whether or not the tokenizer would."""
+    tokenizer is used as saved: rlhfkit's encoding appends the EOS itself whether or not the tokenizer would. A
+    model from elsewhere needs no EOS (its chat template, or its text-pair encoding, ends the text), only a way
+    to pad batches (`batching_tokenizer`)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhfkit.models import resolve_model_name
@@ -223,4 +246,5 @@ def load_saved_reward_model(path: str | Path) -> tuple[Any, Any]:
         raise RlhfkitError(f"could not load a reward model from '{path}': {err}") from None
     if model.config.num_labels != 1:
         raise RlhfkitError(f"'{path}' has {model.config.num_labels} labels; a reward model has one")
-    return model.eval(), reward_tokenizer(tokenizer)
+    prepare = reward_tokenizer if trained_by_rlhfkit(model.config) else batching_tokenizer
+    return model.eval(), prepare(tokenizer)
