@@ -209,3 +209,29 @@ def test_the_hf_backend_on_a_model_that_always_answers_a(always_a_dir, tmp_path)
 def test_a_missing_local_judge_model_is_one_line(tmp_path):
     with pytest.raises(RlhfkitError, match="model directory not found: ./no-such-model"):
         make_judge("hf:./no-such-model", JudgeOptions(judge_cache="none"))
+
+
+# ------------------------------------------------------------------------------- the offline default judge
+@pytest.mark.slow
+def test_the_offline_smollm2_judge_end_to_end(tmp_path):
+    """SmolLM2-135M-Instruct (`hf:`) on a handful of clear pairs: every answer parses, probabilities come from its
+    log-probs, provenance names it, and a second run is served from the cache. Its verdicts are not asserted: at
+    135M parameters it answers "A" whatever the order (measured), so the pairs come out as ties, and most of its
+    pointwise answers name no score."""
+    prompts = ["What is the capital of France?", "Is the sky blue on a clear day?", "What is 2 + 2?",
+               "Say something kind to a friend."]
+    better = ["The capital of France is Paris.", "Yes, on a clear day the sky looks blue.", "2 + 2 = 4.",
+              "You are a wonderful friend and I am glad to know you."]
+    worse = ["The capital of France is Berlin.", "No, the sky is green.", "2 + 2 = 5.", "Go away."]
+    options = JudgeOptions(judge_cache=str(tmp_path / "cache.sqlite"))
+    judge = make_judge("hf:", options)
+    verdicts = judge.compare(prompts, better, worse)
+    assert judge.counts["unparseable"] == 0 and judge.counts["backend_calls"] == 8
+    assert all(v.winner in ("a", "b", "tie") and 0.0 <= v.prob_a <= 1.0 for v in verdicts)
+    assert all(v.judge.startswith("hf:smollm2@") and len(v.answers) == 2 for v in verdicts)
+    again = make_judge("hf:", options)
+    assert again.compare(prompts, better, worse) == verdicts and again.counts["backend_calls"] == 0
+    rater = make_judge("hf:", options, "pointwise")
+    rated = rater.rate(prompts, better)  # at 135M most of its 1-7 answers are prose: counted, never made up
+    assert rater.counts["unparseable"] == sum(v.score is None for v in rated)
+    assert all(1.0 <= v.value <= 7.0 for v in rated if v.score is not None)

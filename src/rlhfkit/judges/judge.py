@@ -261,7 +261,7 @@ class LMJudge:
             bad = [i for i, v in enumerate(verdicts) if v.value is None]
             if bad:
                 v = verdicts[bad[0]]
-                raise RlhfkitError(f"judge {self.spec}: {len(bad)} of {len(verdicts)} answers give no score from "
+                raise RlhfkitError(f"judge '{self.spec}': {len(bad)} of {len(verdicts)} answers give no score from "
                                    f"1 to 7 after {self.retries} re-asks (e.g. {v.answer[:60]!r} for response "
                                    f"{responses[bad[0]][:40]!r}); raise --judge-retries or use another template")
             return [float(v.value) for v in verdicts]  # type: ignore[arg-type]
