@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("rlhfkit.ppo.run:main", "PPO with a KL penalty (GAE, RLOO or GRPO advantages)"),
     "eval reward-kl": ("rlhfkit.evaluate:reward_kl_main", "mean gold reward and KL to the reference"),
     "eval win-rate": ("rlhfkit.evaluate:win_rate_main", "win rate of policy A over B under a judge"),
+    "eval judge-agreement": ("rlhfkit.judges.agreement:main", "how often a judge agrees with gold preferences"),
     "eval beta-for-kl": ("rlhfkit.dpo.cli:beta_for_kl_main", "fit log(beta) vs log(KL); predict beta"),
     "data corpus": ("rlhfkit.corpus:main", "build the embedded offline corpus and prompt splits"),
     "data mine-dialogues": ("rlhfkit.dialogues:main", "mine multi-turn dialogues from raw text"),
