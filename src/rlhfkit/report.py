@@ -14,10 +14,10 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from rlhfkit.findings import NAMES, beta_kl_points, checkpoints_of, length_table, reference_of, verdict
-from rlhfkit.stats import BetaKLFit, fit_frontier
+from rlhfkit.stats import BetaKLFit, fit_frontier, wilson_interval
 
 CSV_COLUMNS = ["method", "label", "seed", "beta", "step", "kl", "kl_se", "reward", "reward_se", "length"]
 
@@ -30,12 +30,14 @@ def best_within_budget(checkpoints: Sequence[dict], budget: float) -> dict | Non
 
 
 def method_table(methods: Sequence[dict], budget: float) -> list[dict]:
-    """One row per method entry: its best checkpoint within the KL budget (or None) and its win rate vs SFT."""
+    """One row per method entry: its best checkpoint within the KL budget (or None), its win rate vs SFT, and its
+    LM-judged win rate vs SFT (None without a judge)."""
     rows = []
     for m in methods:
         best = best_within_budget(m.get("checkpoints", []), budget)
         rows.append({"method": m["method"], "label": m.get("label") or m["method"], "beta": m.get("beta"),
-                     "best": best, "win_rate": m.get("win_rate_vs_sft")})
+                     "best": best, "win_rate": m.get("win_rate_vs_sft"),
+                     "judge_win_rate": m.get("judge_win_rate_vs_sft")})
     return rows
 
 
@@ -73,14 +75,50 @@ def _pm(value: Any, se: Any, spec: str = ".3f") -> str:
     return _fmt(value, spec) if se is None else f"{_fmt(value, spec)} ± {_fmt(se, spec)}"
 
 
-def _method_rows(table: Sequence[dict]) -> list[list[str]]:
+def _win(w: dict | None) -> str:
+    """A win rate as "rate [low, high]", "—" without one."""
+    return f"{_fmt(w.get('rate'))} [{_fmt(w.get('low'))}, {_fmt(w.get('high'))}]" if w else "—"
+
+
+def _method_rows(table: Sequence[dict], judged: bool) -> list[list[str]]:
+    """The methods table's cells; judged: with the LM-judged win rate column."""
     rows = []
     for r in table:
-        b, w = r["best"] or {}, r["win_rate"] or {}
-        win = f"{_fmt(w.get('rate'))} [{_fmt(w.get('low'))}, {_fmt(w.get('high'))}]" if w else "—"
+        b = r["best"] or {}
         rows.append([r["label"], _fmt(r["beta"], "g"), _pm(b.get("reward"), b.get("reward_se")),
-                     _pm(b.get("kl"), b.get("kl_se")), _fmt(b.get("step"), "d"), _fmt(b.get("length"), ".1f"), win])
+                     _pm(b.get("kl"), b.get("kl_se")), _fmt(b.get("step"), "d"), _fmt(b.get("length"), ".1f"),
+                     _win(r["win_rate"])] + ([_win(r["judge_win_rate"])] if judged else []))
     return rows
+
+
+def _one(values: Iterable[Any]) -> str:
+    """The value every entry shares, or all of them joined when they differ."""
+    return ", ".join(str(v) for v in dict.fromkeys(values))
+
+
+def _judge_note(judged: Sequence[dict]) -> str:
+    """The line under the methods table that says how the LM-judged column was measured and what to read it with:
+    the judge, the template, order-inconsistent, unparseable and identical pairs, and the judge's agreement with
+    the gold reward on the same pairs, pooled over methods (`judge_win_rate_vs_sft` dicts)."""
+    total = sum(j["n_prompts"] for j in judged)
+    inconsistent = sum(j["order_inconsistent"] for j in judged)
+    agree, decided = (sum(j["gold_agreement"][k] for j in judged) for k in ("agree", "n"))
+    orders = ("asked in both orders (where the two disagree, a tie)" if all(j["both_orders"] for j in judged)
+              else "asked in one order only (position bias not controlled)")
+    if decided:
+        low, high = wilson_interval(agree / decided, decided)
+        agreement = f"{agree} of {decided} ({_fmt(agree / decided)} [{_fmt(low)}, {_fmt(high)}]; 0.5 is chance)"
+    else:
+        agreement = "no pair where both named a side"
+    return (f"LM-judged win rate vs SFT: judge {_one(j['judge'] for j in judged)}, template "
+            f"{_one(j['template'] for j in judged)}, on the first {_one(j['n_prompts'] for j in judged)} held-out "
+            f"prompts, each method's final completion against SFT's, {orders}; ties count half (95% Wilson "
+            f"interval). Of {total} verdicts: {inconsistent} ({inconsistent / total:.0%}) order-inconsistent, "
+            f"counted as ties; {sum(j['unparseable'] for j in judged)} unparseable, left out; "
+            f"{sum(j['identical'] for j in judged)} between identical completions, ties not asked. The judge's "
+            f"agreement with the gold reward on the same pairs, pooled over methods, where both named a side: "
+            f"{agreement}. The DPO paper measured its win rates this way with GPT-4 as the judge, having first "
+            "checked GPT-4 against human raters; read this column with the agreement before it.")
 
 
 def _sections(results: dict, table: Sequence[dict], plots: dict[str, str]) -> list[dict]:
@@ -93,12 +131,14 @@ def _sections(results: dict, table: Sequence[dict], plots: dict[str, str]) -> li
                  "table": (["claim", "verdict", "evidence", "detectable"], [
                      [f["claim"], verdict(f["reproduced"]), f.get("evidence", ""), _fmt(f.get("detectable"))]
                      for f in results.get("findings", [])])}]
+    judged = [r["judge_win_rate"] for r in table if r["judge_win_rate"]]
     sections.append({"heading": f"Methods at KL ≤ {_fmt(budget, 'g')} nats",
                      "text": ["Best mean gold reward among each method's checkpoints within the KL budget "
                               "(± standard error), the KL and mean completion length of that checkpoint, and the "
                               "win rate against the SFT policy with its 95% Wilson interval."],
-                     "table": (["method", "β", "reward", "KL (nats)", "step", "mean length", "win rate vs SFT"],
-                               _method_rows(table))})
+                     "table": (["method", "β", "reward", "KL (nats)", "step", "mean length", "win rate vs SFT"]
+                               + (["LM-judged win rate vs SFT"] if judged else []), _method_rows(table, bool(judged))),
+                     "after": [_judge_note(judged)] if judged else []})
     sections.append({"heading": "Plots", "images": [Path(p).name for p in plots.values()]})
     lengths = length_table(results.get("methods", []))
     if lengths:
@@ -154,6 +194,7 @@ def _to_html(title: str, intro: str, sections: Sequence[dict]) -> str:
             out.append("<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr>")
             out += ["<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows]
             out.append("</table>")
+        out += [f"<p>{_e(t)}</p>" for t in s.get("after", [])]
         out += [f'<img src="{_e(name)}" alt="{_e(name)}">' for name in s.get("images", [])]
         if s.get("code"):
             out.append(f"<pre>{_e(s['code'])}</pre>")
@@ -178,6 +219,7 @@ def _to_markdown(title: str, intro: str, sections: Sequence[dict]) -> str:
             out.append("|" + "---|" * len(headers))
             out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
             out.append("")
+        out += [_md(t) + "\n" for t in s.get("after", [])]
         out += [f"![{name}]({name})\n" for name in s.get("images", [])]
         if s.get("code"):
             out += ["    " + line for line in s["code"].splitlines()] + [""]  # indented: nothing is interpreted
@@ -260,7 +302,14 @@ def write_report(run_dir: str | Path, results: dict) -> dict[str, str]:
                  seed: int (which --seeds replicate; default 0), beta: float | None,
                  checkpoints: [{step, kl, kl_se, reward, reward_se, length,
                                 rewards, kls, lengths (per-prompt values, optional: findings need them)}],
-                 win_rate_vs_sft: {rate, low, high, wins, losses, ties, n} (stats.WinRate.to_dict()) | None}];
+                 win_rate_vs_sft: {rate, low, high, wins, losses, ties, n} (stats.WinRate.to_dict()) | None,
+                 judge_win_rate_vs_sft (optional; present on some entries, the methods table gains a column and a
+                   line under it): a language-model judge's win rate of the entry's final completions over SFT's,
+                   {rate, low, high, wins, losses, ties, n, unparseable, order_inconsistent,
+                    order_inconsistent_share, mean_prob_a (evaluate.verdict_win_rate), identical (pairs of identical
+                    texts, ties not asked), gold_agreement: {agree, n} (pairs where the judge and the gold reward
+                    both named a side, and how many sides were the same), judge, template (identities),
+                    n_prompts, both_orders}}];
       reward_model: {accuracy, n, calibration: stats.calibration_table(...)} | None;
       samples: [{prompt: str, completions: {label: text}}] (untrusted text: always escaped);
       beta_fit: stats.BetaKLFit (or its dict) fitted on findings.beta_kl_points(methods) | None;

@@ -5,14 +5,15 @@ replicate, final ones such as evaluation) and a report hook that adds its findin
 rest, the same way for every recipe:
 
 - each stage writes `<dir>/stages/<name>.json` when it finishes; a re-run loads finished stages instead of
-  re-running them, and every training stage resumes from its last checkpoint (`Experiment.train_cfg`);
+  re-running them, and every training stage resumes from its last checkpoint (`Experiment.train_cfg`); only a
+  final stage the recipe's `redo` names (an optional one turned on since) runs again, and the report after it;
 - a stage file records the stage's real status: "done", or "time_limit" for a training stage its time limit
   stopped (with the step it reached and the steps it was to reach), shown in its progress line and the report.
   Such a stage is final too: the limit is a cap the config chose, and the later stages build on its model, so a
   re-run keeps it rather than training on and leaving those stages built on an older model;
 - `--seeds N` repeats the replicated stages with seeds seed+1 .. seed+N-1 under `<out>/seed<k>/`, each
   replicate reading the shared stages' results through a ChainMap;
-- one progress line per stage, with an ETA from the recipe's per-preset estimates;
+- one progress line per stage, with an ETA from the recipe's estimates for the config;
 - a last `report` stage reads the final stages' `evaluation.json` and writes the report (`rlhfkit.report`).
 """
 
@@ -118,14 +119,19 @@ class Recipe(Generic[C]):
     replicated: Callable[[C], Sequence[NamedStage]]
     """Run once per seed replicate, in order (preference data, reward model, every method's training)."""
     final: Sequence[NamedStage]
-    """Run once after every replicate (evaluation, which writes EVALUATION); the report stage follows."""
-    estimates: Mapping[str, Mapping[str, float]]
-    """Seconds per stage, per preset, for the ETA line only; a stage not named uses the preset's "method"."""
+    """Run once after every replicate (evaluation, which writes EVALUATION, then any stage adding to its entries);
+    the report stage follows."""
+    estimates: Callable[[C], Mapping[str, float]]
+    """Seconds per stage of a config (its preset's, and what its options add: an optional stage turned off costs
+    0), for the ETA line only; a stage not named uses the "method" estimate."""
     report: ReportFn
     """The recipe's findings and other report entries, from the evaluated methods."""
     check: Callable[[C], None] | None = None
     """Refuses (RlhfkitError), before the first stage, what would fail only later: a missing package, a base
     model directory that does not exist. Read-only and fast."""
+    redo: Callable[[C, Path], Sequence[str]] | None = None
+    """(config, run directory) -> finished final stages whose results do not answer this config (an optional stage
+    turned on after the run finished): they and the report run again, every other finished stage is kept."""
 
 
 # --------------------------------------------------------------------------------------------------- stages
@@ -204,9 +210,13 @@ def run(recipe: Recipe[C], cfg: C) -> dict:
     check_output(out, directory=True)
     if recipe.check is not None:
         recipe.check(cfg)
+    for name in recipe.redo(cfg, out) if recipe.redo is not None else ():
+        say(f"{name}: finished with other options than these; it and the report run again")
+        for stage in (name, "report"):
+            (out / "stages" / f"{stage}.json").unlink(missing_ok=True)
     config_lib.save(cfg, out / "config.yaml")
     stages = plan(recipe, cfg)
-    exp = Experiment(cfg, out, stage_estimates(recipe.estimates[cfg.preset], stages))
+    exp = Experiment(cfg, out, stage_estimates(recipe.estimates(cfg), stages))
     run_stages(exp, stages)
     total = sum(r.get("seconds", 0.0) for r in exp.results.values())
     return {**exp.results["report"], "total_seconds": total, "dir": str(out)}

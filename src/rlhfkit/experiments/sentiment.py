@@ -6,13 +6,20 @@ a sentiment scorer (here VADER, standing in for the paper's IMDb classifier) of 
     corpus -> pretrain (tiny) -> SFT on reviews -> prompts -> sample K completions per prompt from SFT
     -> label pairs with the gold reward -> reward model -> from the same SFT reference: DPO at several beta,
     PPO with the learned reward, PPO with the gold reward (PPO-GT), preferred-FT, unlikelihood, best-of-N
-    -> evaluate every snapshot of every run on held-out prompts -> report (frontier, beta vs KL, findings).
+    -> evaluate every snapshot of every run on held-out prompts -> (optional) a language-model judge's win rate
+    of each method against SFT -> report (frontier, beta vs KL, findings).
 
 The stages run through `rlhfkit.experiments.runner` (this module's `RECIPE`): a re-run skips finished stages,
 and the stage that was killed continues from its last checkpoint. `--seeds N` repeats everything after SFT
 (sampling, labelling, the reward model, every method) with seeds seed+1 .. seed+N-1 under `<out>/seed<k>/`;
 evaluation pools every replicate's checkpoints, on the same held-out prompts, into each method's frontier, so
 the findings' intervals include training noise.
+
+With `--judge hf:MODEL` or `--judge openai:MODEL` a judge stage after evaluation asks a language model, in both
+orders, whether each method's completion or SFT's is better on the first --judge-prompts held-out prompts, the way
+the DPO paper measured win rates with GPT-4; the report puts that win rate beside the gold one, with the judge's
+agreement with the gold reward on the same pairs. Presets leave it off. A finished run is judged by running it
+again with --judge: only the judge stage and the report run.
 
 Departures from the paper: VADER instead of a trained classifier,
 Rotten Tomatoes snippets instead of IMDb, a pretrained-from-scratch tiny model instead of GPT-2 large.
@@ -22,17 +29,18 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TinyArch
 from rlhfkit.experiments import runner
 from rlhfkit.experiments.runner import EVALUATION, Experiment, NamedStage, Recipe, Stage, checkpoint_entry, policies
+from rlhfkit.judges.judge import JudgeOptions, LMJudge, PairVerdict, is_lm_judge, make_backend, make_judge
 
 
 @dataclass(frozen=True)
-class SentimentConfig:
+class SentimentConfig(JudgeOptions):
     """rlhfkit experiment sentiment: the whole pipeline on the embedded corpus, ending in a report."""
 
     preset: Literal["tiny", "smoke", "smollm2"] = "tiny"
@@ -101,6 +109,11 @@ class SentimentConfig:
     """Snapshots per training run evaluated for the frontier (plus the final model)."""
     kl_budget: float = 5.0
     """KL (nats) within which the per-method table compares best rewards."""
+    judge: str = ""
+    """A language model that judges each method's final completions against SFT's, beside the gold win rate:
+    hf:MODEL ('hf:' = SmolLM2-135M-Instruct, offline), or openai:MODEL with --judge-url; "" = none (the presets)."""
+    judge_prompts: int = 64
+    """Held-out prompts the judge is asked about per method (the first N evaluation prompts)."""
     lora_r: int = 0
     """LoRA rank for SFT, DPO and PPO (0: full fine-tuning; used by the smollm2 preset on small machines)."""
     keep_checkpoints: bool = False
@@ -374,6 +387,88 @@ def stage_evaluate(exp: Exp) -> dict:
     return {"methods": len(entries), "prompts": len(prompts)}
 
 
+def build_judge(cfg: SentimentConfig) -> LMJudge:
+    """The pairwise judge --judge names, with the --judge-* options (its own function so that a test can hand the
+    judge stage a fake backend)."""
+    return make_judge(cfg.judge, cfg, "pairwise")
+
+
+def _gold_side(a: float, b: float) -> str | None:
+    """The side the gold reward prefers, in a verdict's terms; None for equal rewards (no preference)."""
+    return "a" if a > b else "b" if b > a else None
+
+
+def judged_entry(verdicts: list[PairVerdict], gold_a: list[float], gold_b: list[float], label: str) -> dict:
+    """One method's `judge_win_rate_vs_sft` from its verdicts (a = the method, b = SFT) and the gold rewards of
+    the same completions: the win rate and its counts (`evaluate.verdict_win_rate`), and how often the judge named
+    the side the gold reward prefers among the pairs where both named one (`gold_agreement`), the measure of
+    how far to trust the judge on this task."""
+    from rlhfkit.errors import RlhfkitError
+    from rlhfkit.evaluate import verdict_win_rate
+
+    try:
+        wr, extra = verdict_win_rate(verdicts)
+    except RlhfkitError as err:
+        raise RlhfkitError(f"judge stage, {label}: {err}") from None
+    sides = [(v.winner, _gold_side(a, b)) for v, a, b in zip(verdicts, gold_a, gold_b, strict=True)]
+    decided = [(judge, gold) for judge, gold in sides if judge in ("a", "b") and gold is not None]
+    return {**wr.to_dict(), **extra,
+            "gold_agreement": {"agree": sum(judge == gold for judge, gold in decided), "n": len(decided)}}
+
+
+def stage_judge(exp: Exp) -> dict:
+    """With --judge, the LM-judged win rate against SFT of every evaluated method's final policy; without it,
+    nothing. On the first --judge-prompts held-out prompts, each method's completion (as A) is judged against
+    SFT's (as B), every pair asked at once so the judge batches them. A pair of identical texts is a tie without
+    asking: it carries no preference, and a position-biased judge would only add an order-inconsistent verdict.
+    Each non-SFT entry of EVALUATION gains `judge_win_rate_vs_sft` (`judged_entry`, plus the judge's and the
+    template's identity, the prompts judged, the identical pairs and whether both orders were asked). Every answer
+    is cached (--judge-cache): a re-run after a crash pays only for the questions not yet answered."""
+    from rlhfkit.data import write_text
+    from rlhfkit.labeling.gold import vader_score
+
+    cfg = exp.cfg
+    if not cfg.judge:
+        return {"skipped": "no --judge"}
+    ev = json.loads(exp.path(EVALUATION).read_text())
+    n = min(cfg.judge_prompts, len(ev["prompts"]))
+    prompts = ev["prompts"][:n]
+    sft = next(m for m in ev["methods"] if m["method"] == "sft")["completions"][:n]
+    entries = [m for m in ev["methods"] if m["method"] != "sft"]
+    asked = [(k, i) for k, m in enumerate(entries) for i in range(n) if m["completions"][i] != sft[i]]
+    judge = build_judge(cfg)
+    answered = dict(zip(asked, judge.compare([prompts[i] for _, i in asked],
+                                             [entries[k]["completions"][i] for k, i in asked],
+                                             [sft[i] for _, i in asked])))
+    same = PairVerdict("tie", judge=judge.identity, template=judge.template.identity)
+    gold_sft = vader_score(prompts, sft)
+    for k, m in enumerate(entries):
+        verdicts = [answered.get((k, i), same) for i in range(n)]
+        result = judged_entry(verdicts, vader_score(prompts, m["completions"][:n]), gold_sft, m["label"])
+        m["judge_win_rate_vs_sft"] = {**result, "identical": sum((k, i) not in answered for i in range(n)),
+                                      "judge": judge.identity, "template": judge.template.identity,
+                                      "n_prompts": n, "both_orders": cfg.judge_both_orders}
+    write_text(exp.path(EVALUATION), json.dumps(ev))  # atomic: the report never reads half an evaluation
+    return {"judge": judge.identity, "template": judge.template.identity, "prompts": n, "methods": len(entries),
+            "identical": n * len(entries) - len(asked), "counts": dict(judge.counts), "asked": judge_question(cfg)}
+
+
+def judge_question(cfg: SentimentConfig) -> dict[str, Any]:
+    """The options that decide what the judge stage measures (not how: the cache, timeouts, concurrency)."""
+    return {"judge": cfg.judge, "url": cfg.judge_url, "template": cfg.judge_template, "prompts": cfg.judge_prompts,
+            "both_orders": cfg.judge_both_orders}
+
+
+def stale_stages(cfg: SentimentConfig, out: Path) -> list[str]:
+    """["judge"] when --judge asks what the finished judge stage did not answer: a run finished without a judge (or
+    with another) is judged by running it again with --judge, every other stage kept. Without --judge, whatever
+    was judged stays in the report."""
+    done = out / "stages" / "judge.json"
+    if not cfg.judge or not done.exists():
+        return []
+    return [] if json.loads(done.read_text()).get("asked") == judge_question(cfg) else ["judge"]
+
+
 # --------------------------------------------------------------------------------------------------- report
 def _beta_fit(methods: list[dict]) -> Any:
     from rlhfkit.findings import beta_kl_points
@@ -409,7 +504,7 @@ REPLICATED_STAGES: list[NamedStage] = [
     ("sample", stage_sample), ("label", stage_label), ("reward_model", stage_reward_model),
 ]
 """Repeated per seed replicate, followed by every method's training run."""
-ESTIMATES = {  # seconds per stage on 2 CPU cores, used only for the ETA line
+ESTIMATES = {  # seconds per stage on 2 CPU cores, used only for the ETA line (the judge's: `stage_seconds`)
     "tiny": {"corpus": 3, "pretrain": 280, "sft": 55, "prompts": 1, "sample": 10, "label": 1, "reward_model": 30,
              "method": 40, "evaluate": 150, "report": 2},
     "smoke": {"corpus": 3, "pretrain": 10, "sft": 5, "prompts": 1, "sample": 3, "label": 1, "reward_model": 5,
@@ -419,15 +514,61 @@ ESTIMATES = {  # seconds per stage on 2 CPU cores, used only for the ETA line
 }
 
 
+JUDGE_CALL_SECONDS = 0.8
+"""One pairwise question to SmolLM2-135M-Instruct (`--judge hf:`) on 2 busy CPU cores, batches of 8 (measured: 64
+questions in 50 s; the smoke preset's 230 in 149 s); for the ETA line only."""
+
+
+def judge_calls(cfg: SentimentConfig) -> int:
+    """Questions the judge stage asks at most: per judged prompt, every method of every replicate and best-of-N,
+    in one or both orders (identical pairs and cached answers cost less)."""
+    if not cfg.judge:
+        return 0
+    entries = (len(methods_for(cfg)) + 1) * cfg.seeds
+    return min(cfg.judge_prompts, cfg.eval_prompts) * entries * (2 if cfg.judge_both_orders else 1)
+
+
+def stage_seconds(cfg: SentimentConfig) -> dict[str, float]:
+    """The ETA line's seconds per stage: the preset's estimates, and the judge stage's (0 without --judge)."""
+    return {**ESTIMATES[cfg.preset], "judge": judge_calls(cfg) * JUDGE_CALL_SECONDS}
+
+
 def replicated_stages(cfg: SentimentConfig) -> list[NamedStage]:
     """One seed replicate's stages: sampling, labelling, the reward model, then every method."""
     return REPLICATED_STAGES + [(m.name, (lambda e, m=m: m.train(e, m))) for m in methods_for(cfg)]
 
 
+def check_judge(cfg: SentimentConfig) -> None:
+    """--judge and its options, before the first stage and without loading a model or asking a server anything:
+    the spec names a language model, the template is a pairwise one, a local model directory exists, an openai:
+    judge has a model name and a URL or OPENAI_API_KEY; without --judge, no --judge-* option is set."""
+    from rlhfkit.config import refuse_unused
+    from rlhfkit.errors import RlhfkitError
+    from rlhfkit.judges.templates import load_template
+    from rlhfkit.models import resolve_model_name
+
+    if not cfg.judge:
+        names = [f.name for f in fields(JudgeOptions)] + ["judge_prompts"]
+        refuse_unused(cfg, dict.fromkeys(names, "only --judge uses it"))
+        return
+    if not is_lm_judge(cfg.judge):
+        raise RlhfkitError(f"--judge {cfg.judge}: the experiment's judge is a language model, hf:MODEL or "
+                           "openai:MODEL (the gold reward, VADER, already gives the report's win rate)")
+    refuse_unused(cfg, {"judge_norm": "it normalises a reward model's scores (rm:PATH), not a language model's"})
+    if cfg.judge_prompts < 1:
+        raise RlhfkitError(f"--judge-prompts must be >= 1, got {cfg.judge_prompts}")
+    load_template(cfg.judge_template, "pairwise")
+    kind, _, name = cfg.judge.partition(":")
+    if kind == "hf" and name:  # "hf:" is SmolLM2, converted when the judge stage first loads it
+        resolve_model_name(name)
+    if kind == "openai":
+        make_backend(cfg.judge, cfg)  # builds the client only: no request is sent
+
+
 def check_inputs(cfg: SentimentConfig) -> None:
     """What the experiment needs from outside, checked before its first stage rather than when a stage reaches
     it (the gold reward is first used after SFT, the plots at the very end): the corpus packages, VADER,
-    matplotlib, and a base model directory other than the presets' models."""
+    matplotlib, a base model directory other than the presets' models, and the judge (`check_judge`)."""
     import importlib.util
 
     from rlhfkit.corpus import chitchat_path, rotten_tomatoes_path
@@ -441,17 +582,19 @@ def check_inputs(cfg: SentimentConfig) -> None:
         raise MissingPackageError("matplotlib", "the experiment's report plots", no_deps=False)
     if cfg.base_model not in ("tiny", "smollm2"):  # smollm2 is found (or converted) by the first stage's load
         resolve_model_name(cfg.base_model)
+    check_judge(cfg)
 
 
 RECIPE: Recipe[SentimentConfig] = Recipe(
     name="sentiment", title="Controlled sentiment generation", config=SentimentConfig, presets=PRESETS,
-    shared=SHARED_STAGES, replicated=replicated_stages, final=[("evaluate", stage_evaluate)],
-    estimates=ESTIMATES, report=report_entries, check=check_inputs)
+    shared=SHARED_STAGES, replicated=replicated_stages, final=[("evaluate", stage_evaluate), ("judge", stage_judge)],
+    estimates=stage_seconds, report=report_entries, check=check_inputs, redo=stale_stages)
 
 
 def stages_for(cfg: SentimentConfig) -> list[Stage]:
     """(replicate, name, function) of every stage in run order: the shared stages, then each replicate's
-    post-SFT stages (sampling, labelling, reward model, every method), then evaluation and the report."""
+    post-SFT stages (sampling, labelling, reward model, every method), then evaluation, the judge (which does
+    nothing without --judge) and the report."""
     return runner.plan(RECIPE, cfg)
 
 
