@@ -104,6 +104,8 @@ COMMANDS: dict[str, Command] = {
     "eval win-rate": cmd("eval", "win-rate", "--a", "{model}", "--b", "{model}", "--prompts", "{data}", "--judge",
                          "{judge}", "--sampling.max-new-tokens", "4", kind="prompts", model=True,
                          judge=True),
+    "eval judge-agreement": cmd("eval", "judge-agreement", "--data", "{data}", "--out", "{out}", "--judge", "{judge}",
+                                kind="preferences", out="file", judge=True),
     "eval beta-for-kl": cmd("eval", "beta-for-kl", "--target-kl", "1", "--runs", "{data}", "{data}",
                             kind="summary"),
     "data corpus": cmd("data", "corpus", "--out", "{out}", "--max-chitchat-conversations", "5", out="dir"),

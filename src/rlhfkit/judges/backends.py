@@ -3,7 +3,8 @@
 A backend turns chats (lists of {"role", "content"} messages) into `Completion`s: the answer's text, its tokens,
 and each generated position's top log-probs where the backend exposes them. It yields each completion as soon as
 it exists, so the judge can store it in its cache before the next one is paid for (a crash loses at most the
-calls in flight). Nothing here parses answers or knows about templates (`rlhfkit.judges.answers`, `.templates`).
+calls in flight). Nothing here parses answers or knows about templates (`rlhfkit.judges.answers`, `.templates`);
+an HTTP answer is checked to be a chat completion (`parse_chat_completion`) before it is used.
 
     HFBackend      transformers' `generate`, greedy or seeded sampling, batched with left padding
     OpenAIBackend  `openai.OpenAI(base_url=URL).chat.completions`, bounded concurrency, per-call timeout, and
@@ -13,6 +14,7 @@ calls in flight). Nothing here parses answers or knows about templates (`rlhfkit
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -159,9 +161,91 @@ class HFBackend:
 
 
 # ------------------------------------------------------------------------------------------------- HTTP
+RETRIED_STATUSES = (408, 409, 429)  # and every 5xx: what the openai client retries, with back-off
+
+
+def public_url(url: str) -> str:
+    """The URL without what may be a secret (`user:password@`, a query string such as `?api-key=`): the identity
+    is written into every label and the cache."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def _snippet(text: str, limit: int = 160) -> str:
+    """The start of a server's text on one line, for an error message."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _token_logprobs(item: Any, where: str) -> tuple[str, dict[str, float]]:
+    """(token, {alternative: log-prob}) of one entry of `choices[0].logprobs.content`; {token: its log-prob} when
+    the server lists no alternatives."""
+    if not isinstance(item, dict) or not isinstance(item.get("token"), str) or not _is_number(item.get("logprob")):
+        raise ValueError(f"{where} has no token with a numeric logprob")
+    alternatives = item.get("top_logprobs") or [item]
+    if not isinstance(alternatives, list):
+        raise ValueError(f"{where}.top_logprobs is not a list")
+    top: dict[str, float] = {}
+    for alt in alternatives:
+        if not isinstance(alt, dict) or not isinstance(alt.get("token"), str) or not _is_number(alt.get("logprob")):
+            raise ValueError(f"{where}.top_logprobs has an entry without a token and a numeric logprob")
+        token, lp = alt["token"], float(alt["logprob"])
+        # two alternatives of one text (different byte sequences) are one token text: their probabilities add
+        top[token] = float(np.logaddexp(top[token], lp)) if token in top else lp
+    return item["token"], top
+
+
+def parse_chat_completion(text: str) -> Completion:
+    """The Completion in a `chat.completion` response body: choices[0].message.content and, where present,
+    choices[0].logprobs.content[*] (token, logprob, top_logprobs). Parsed here rather than by the openai client,
+    which accepts any JSON (or returns an HTML page as a string) and leaves missing fields None for a crash later.
+    ValueError saying what is wrong: not JSON, an error object sent with status 200, no choices, no message."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise ValueError(f"not JSON: {_snippet(text)!r}") from None
+    if isinstance(body, dict) and body.get("error"):  # some proxies send errors with status 200
+        error = body["error"]
+        message = error.get("message") or error if isinstance(error, dict) else error
+        raise ValueError(f"an error: {_snippet(str(message))}")
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise ValueError(f"no choices in {_snippet(text)!r}")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict) or not isinstance(message.get("content") or "", str):
+        raise ValueError("choices[0] has no message with text content")
+    content = message.get("content") or ""  # null (a refusal): an answer that names nothing, counted as such
+    logprobs = choice.get("logprobs")
+    items = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not items:
+        return Completion(content)
+    if not isinstance(items, list):
+        raise ValueError("choices[0].logprobs.content is not a list")
+    pairs = [_token_logprobs(item, f"choices[0].logprobs.content[{i}]") for i, item in enumerate(items)]
+    return Completion(content, tuple(token for token, _ in pairs), tuple(top for _, top in pairs))
+
+
+def _status_detail(err: Any) -> str:
+    """What a 4xx / 5xx answer says: its error message (OpenAI's {"error": {"message"}}, vLLM's {"message"}), else
+    the start of its body (a proxy's HTML page, FastAPI's {"detail": ...})."""
+    message = err.message.removeprefix(f"Error code: {err.status_code}").removeprefix(" - ")
+    if message:
+        return _snippet(message)
+    body = err.body  # the client's reading of it: decoded JSON, else the text, None when unread
+    return _snippet(body if isinstance(body, str) else "" if body is None else json.dumps(body)) or "(empty body)"
+
+
 class OpenAIBackend:
     """Any OpenAI-compatible chat endpoint (vLLM, TGI, llama.cpp's server, a hosted API) through the `openai`
-    client. The key comes from OPENAI_API_KEY and is never logged; a local server usually needs none."""
+    client. The key comes from OPENAI_API_KEY and is never logged, nor shown in an error even when a server echoes
+    it; a local server usually needs none."""
 
     def __init__(self, model: str, url: str = "", timeout: float = 60.0, concurrency: int = 4,
                  http_retries: int = 3, logprobs: bool = True, top_k: int = 5, client: Any = None):
@@ -169,19 +253,24 @@ class OpenAIBackend:
             raise RlhfkitError("judge 'openai:MODEL' needs a model name, e.g. openai:gpt-4o-mini")
         if concurrency < 1:
             raise RlhfkitError(f"--judge-concurrency must be at least 1, got {concurrency}")
+        if not timeout > 0:
+            raise RlhfkitError(f"--judge-timeout must be > 0 seconds, got {timeout}")
+        if http_retries < 0:
+            raise RlhfkitError(f"HTTP retries must be >= 0, got {http_retries}")
         try:
             import openai
         except ImportError:
             raise MissingPackageError("openai", "an OpenAI-compatible judge", no_deps=False) from None
         self._openai = openai
-        key = os.environ.get("OPENAI_API_KEY")
-        if not url and not key:
+        self._key = os.environ.get("OPENAI_API_KEY", "")
+        if not url and not self._key:
             raise RlhfkitError(f"judge 'openai:{model}' needs --judge-url URL (an OpenAI-compatible server) or "
                                f"OPENAI_API_KEY set for {OPENAI_URL}")
         self.model, self.url = model, (url or OPENAI_URL).rstrip("/")
-        self.client = client or openai.OpenAI(base_url=self.url, api_key=key or "unused", timeout=timeout,
+        self.client = client or openai.OpenAI(base_url=self.url, api_key=self._key or "unused", timeout=timeout,
                                               max_retries=http_retries)
-        self.identity = f"openai:{model}@{self.url}"
+        self.identity = f"openai:{model}@{public_url(self.url)}"
+        self.timeout, self.http_retries = timeout, http_retries
         self.concurrency, self.logprobs, self.top_k = concurrency, logprobs, top_k
 
     def complete(self, calls: Sequence[Call], max_tokens: int) -> Iterator[tuple[int, Completion]]:
@@ -213,37 +302,42 @@ class OpenAIBackend:
         options: dict[str, Any] = {"logprobs": True, "top_logprobs": self.top_k} if self.logprobs else {}
         if call.temperature > 0:
             options["seed"] = call.seed
-        response = self.client.chat.completions.create(model=self.model, messages=call.chat(), max_tokens=max_tokens,
-                                                       temperature=call.temperature, **options)
-        if not response.choices:
-            raise RlhfkitError(f"judge {self.identity}: the server answered with no choices")
-        choice = response.choices[0]
-        content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
-        if not content:
-            return Completion(choice.message.content or "")
-        tokens = tuple(item.token for item in content)
-        tops = tuple({alt.token: alt.logprob for alt in (item.top_logprobs or [])} or {item.token: item.logprob}
-                     for item in content)
-        return Completion(choice.message.content or "", tokens, tops)
+        raw = self.client.chat.completions.with_raw_response.create(
+            model=self.model, messages=call.chat(), max_tokens=max_tokens, temperature=call.temperature, **options)
+        try:
+            return parse_chat_completion(raw.text)
+        except ValueError as err:
+            raise RlhfkitError(f"judge {self.identity}: the server's answer is not a chat completion: {err}") from None
 
     def _error(self, err: BaseException) -> RlhfkitError:
         """One line for a failed request: what was asked, of whom, and what went wrong; never the key."""
-        openai = self._openai
-        where = f"judge {self.identity}"
+        message = self._describe(err)
+        return RlhfkitError(message.replace(self._key, "***") if self._key else message)
+
+    def _attempts(self) -> str:
+        n = 1 + self.http_retries
+        return f"{n} attempt{'s' * (n > 1)}"
+
+    def _describe(self, err: BaseException) -> str:
+        """`_error`'s message before the key is taken out; a non-openai exception (a bug) is raised as it is."""
+        openai, where = self._openai, f"judge {self.identity}"
         if isinstance(err, RlhfkitError):
-            return err
+            return str(err)
         if isinstance(err, openai.APITimeoutError):
-            return RlhfkitError(f"{where}: no answer within the timeout (--judge-timeout) after retries")
+            return f"{where}: no answer within {self.timeout:g} s (--judge-timeout), {self._attempts()}"
         if isinstance(err, openai.APIConnectionError):
             cause = err.__cause__ or err
-            return RlhfkitError(f"{where}: cannot reach {self.url} ({type(cause).__name__}: {cause})")
-        if isinstance(err, openai.AuthenticationError):
-            return RlhfkitError(f"{where}: HTTP 401: the server refused the API key (OPENAI_API_KEY): {err.message}")
-        if isinstance(err, openai.NotFoundError):
-            return RlhfkitError(f"{where}: HTTP 404: {err.message} (is the model name or the URL, which should end "
-                                "in /v1, right?)")
+            reason = f"{type(cause).__name__}: {_snippet(str(cause))}"
+            return f"{where}: cannot reach {self.url} ({reason}), {self._attempts()}"
         if isinstance(err, openai.APIStatusError):
-            return RlhfkitError(f"{where}: HTTP {err.status_code}: {err.message}")
+            status = err.status_code
+            tried = f" ({self._attempts()})" if status in RETRIED_STATUSES or status >= 500 else ""
+            hint = ""
+            if status == 401:
+                hint = " (the server refused OPENAI_API_KEY)" if self._key else " (set OPENAI_API_KEY)"
+            elif status == 404:
+                hint = " (is the model name right, and does the URL end in /v1?)"
+            return f"{where}: HTTP {status}{tried}: {_status_detail(err)}{hint}"
         if isinstance(err, openai.OpenAIError):
-            return RlhfkitError(f"{where}: {type(err).__name__}: {err}")
+            return f"{where}: {type(err).__name__}: {_snippet(str(err))}"
         raise err

@@ -60,7 +60,10 @@ class JudgeOptions:
     judge_concurrency: int = 4
     """openai: requests in flight at once."""
     judge_timeout: float = 60.0
-    """openai: seconds per request before it is retried (the client retries 3 times with back-off)."""
+    """openai: seconds per request before it is retried."""
+    judge_http_retries: int = 3
+    """openai: retries of a request that timed out, could not connect or got 408/409/429/5xx, with exponential
+    back-off."""
     judge_logprobs: bool = True
     """openai: ask for the answer token's log-probs (P(A) vs P(B)); turn off for a server that refuses them."""
     judge_norm: str = ""
@@ -278,7 +281,7 @@ def make_backend(spec: str, options: JudgeOptions) -> Backend:
         return HFBackend(name)
     if kind == "openai":
         return OpenAIBackend(name, options.judge_url, options.judge_timeout, options.judge_concurrency,
-                             logprobs=options.judge_logprobs)
+                             options.judge_http_retries, options.judge_logprobs)
     raise RlhfkitError(f"unknown judge '{spec}': a language-model judge is hf:MODEL or openai:MODEL")
 
 
