@@ -11,7 +11,8 @@ Standard errors are clustered by prompt: the K samples of one prompt are average
 `prompt_kls`, `prompt_lengths`), then the interval is taken over prompts, since samples of one prompt are not
 independent. `rlhfkit eval reward-kl` prints each mean with its standard error and 95% interval
 (`PolicyEval.to_dict`); `rlhfkit eval win-rate` the counts (ties apart), the rate (ties count half) and its 95%
-Wilson interval (`win_rate_dict`). top_p < 1 is refused for the KL (a sampled token outside the reference's nucleus has reference
+Wilson interval (`win_rate_dict`), with both sides' mean lengths; under a language-model judge it also counts the
+order-inconsistent verdicts (ties) and the unparseable ones (left out of n) (`verdict_win_rate`). top_p < 1 is refused for the KL (a sampled token outside the reference's nucleus has reference
 probability 0: the KL is infinite), and so is temperature 0 (greedy decoding has no distribution to compare);
 win rates sample with any top_p.
 Best-of-N is not a network, so its KL is the analytic KL(best-of-N || pi) = log N - (N-1)/N (Stiennon et al.

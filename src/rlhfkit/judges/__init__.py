@@ -14,6 +14,7 @@ scorers `vader`, `module:function` and `rm:PATH` (`rlhfkit.labeling.gold`). The 
     cache      the SQLite judgement cache
     backends   HFBackend, OpenAIBackend
     judge      LMJudge (both orders, retries, counts), verdicts, JudgeOptions, make_judge
+    agreement  `rlhfkit eval judge-agreement`: a judge against gold preferences, and gold against gold
 """
 
 from rlhfkit.judges.answers import choice_probability, expected_score, parse_choice, parse_score
