@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from rlhfkit.evaluate import SamplingConfig, best_of_n_kl, evaluate_policy, judge_win_rate
+from rlhfkit.evaluate import SamplingConfig, best_of_n_kl, evaluate_policy, verdict_win_rate
+from rlhfkit.labeling.auto import Labeler
 
 
 def length_scorer(prompts, responses):
@@ -29,8 +30,11 @@ def test_kl_is_zero_against_itself_and_positive_against_another_model(tiny_token
 def test_best_of_n_kl_and_win_rate():
     assert best_of_n_kl(1) == 0.0
     assert math.isclose(best_of_n_kl(4), math.log(4) - 0.75)
-    wr = judge_win_rate(["p"] * 4, ["aaa", "a", "aa", "aaaa"], ["a", "aa", "aa", "a"], length_scorer)
+    verdicts = Labeler("length", scorer=length_scorer).compare(["p"] * 4, ["aaa", "a", "aa", "aaaa"],
+                                                               ["a", "aa", "aa", "a"])
+    wr, extra = verdict_win_rate(verdicts)
     assert (wr.wins, wr.losses, wr.ties) == (2, 1, 1) and wr.rate == 0.625
+    assert extra["unparseable"] == 0 and extra["order_inconsistent"] == 0 and extra["mean_prob_a"] is None
 
 
 def test_reward_kl_reports_95_percent_intervals_not_only_standard_errors(tiny_tokenizer, tiny_model):

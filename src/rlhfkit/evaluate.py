@@ -150,18 +150,10 @@ def best_of_n_kl(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
-def judge_win_rate(prompts: list[str], completions_a: list[str], completions_b: list[str],
-                   scorer: Scorer, spec: str = "scorer", where: list[tuple[str, int]] | None = None) -> stats.WinRate:
-    """Win rate of A over B on the same prompts under a judge that scores each completion; ties count half. A
-    non-finite score is refused naming the judge (`spec`) and, given `where`, the prompt's file and line."""
-    scores_a = checked_scores(scorer, prompts, completions_a, spec, where)
-    scores_b = checked_scores(scorer, prompts, completions_b, spec, where)
-    return stats.win_rate(scores_a, scores_b)
-
-
 def verdict_win_rate(verdicts: list[PairVerdict]) -> tuple[stats.WinRate, dict[str, Any]]:
-    """Win rate of a (first) over b from pairwise verdicts, ties counting half, and what it leaves out or should
-    be read with: unparseable verdicts (excluded from n) and order-inconsistent ones (counted as ties)."""
+    """Win rate of a (first) over b from pairwise verdicts of any judge (`rlhfkit.labeling.auto.Labeler.compare`:
+    a scorer's higher score wins), ties counting half, and what it leaves out or should be read with: unparseable
+    verdicts (excluded from n) and order-inconsistent ones (counted as ties)."""
     winners = [v.winner for v in verdicts]
     judged = [w for w in winners if w is not None]
     if not judged:
