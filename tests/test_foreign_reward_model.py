@@ -256,3 +256,25 @@ def test_rm_score_on_a_model_from_elsewhere(bert_rm, tmp_path, capsys):
     assert cli.main([*common, "--norm-reference", str(tmp_path / "ref.jsonl"), "--out", str(tmp_path / "n.jsonl")]) == 0
     assert json.loads((tmp_path / "n.jsonl").read_text())["scores"] == pytest.approx(norm, abs=1e-6)
     assert norm != pytest.approx(raw, abs=1e-3)
+
+
+def test_judge_norm_normalises_a_reward_model_judge_on_the_command_line(bert_rm, tmp_path):
+    """`--judge-norm FILE` reaches `rm:PATH` wherever a judge is built: label auto's pair scores are the normalised
+    rewards, (raw - mean) / std over the file's responses."""
+    import json
+
+    from rlhfkit import cli
+    from rlhfkit.data import write_jsonl
+    from rlhfkit.reward import load_reward_scorer
+
+    path, _, _ = bert_rm
+    write_reference(tmp_path / "ref.jsonl", REFERENCE)
+    raw = load_reward_scorer(path, normalize=False)
+    reference = raw([p for p, rs in REFERENCE for _ in rs], [r for _, rs in REFERENCE for r in rs])
+    mean, std = statistics.fmean(reference), statistics.pstdev(reference)
+    write_jsonl(tmp_path / "c.jsonl", [{"prompt": "the movie", "responses": ["was good", "bad bad"]}])
+    assert cli.main(["label", "auto", "--candidates", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "p.jsonl"),
+                     "--judge", f"rm:{path}", "--judge-norm", str(tmp_path / "ref.jsonl")]) == 0
+    [record] = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    expected = sorted(((r - mean) / std for r in raw(["the movie"] * 2, ["was good", "bad bad"])), reverse=True)
+    assert record["label"]["scores"] == pytest.approx(expected, abs=1e-5)
