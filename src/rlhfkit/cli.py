@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data chitchat-preferences": ("rlhfkit.corpus:chitchat_preferences_main", "rated chitchat -> preferences"),
     "data check": ("rlhfkit.data.check:main", "what a data file is read as; valid records; first problems"),
     "experiment sentiment": ("rlhfkit.experiments.sentiment:main", "the DPO paper's sentiment experiment"),
+    "experiment factuality": ("rlhfkit.experiments.factuality.experiment:main",
+                              "FactTune: factuality tuning from automatic preferences"),
 }
 
 

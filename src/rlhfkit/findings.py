@@ -20,12 +20,44 @@ is worded. The rules:
 Inputs: `methods` is the report's list of entries {method, label, beta, checkpoints: [{step, kl, reward, ...,
 rewards, kls, lengths}]}, where rewards / kls / lengths are per-prompt values over the same held-out prompts in
 the same order for every checkpoint; the entry with method "sft" is the reference.
+
+Factuality claims (FactTune, Tian et al. 2023, "Fine-tuning Language Models for Factuality";
+`factuality_findings`). Inputs: the factuality evaluation's entries {method: "sft" | "facttune_fs" |
+"facttune_mc" | "detailed", label, seed, per_prompt: {correct, incorrect, ...}}, every per_prompt array over the
+same held-out prompts in the same order; correct / incorrect = supported / contradicted claims per response (the
+mean over a prompt's samples). Several entries of one method (seeds 0..S-1) are pooled by averaging each
+prompt's value over them before resampling, so a prompt stays the unit the bootstrap draws. Every interval is a
+95% paired bootstrap over prompts (`stats.bootstrap_statistic`, 1000 resamples): all methods' means are
+recomputed on the same resampled prompts. "Detectable" is (z_0.975 + z_0.80) * se, the smallest true effect the
+run finds with 80% power, in the statistic's unit. With v = FactTune-FS and FactTune-MC, separately:
+
+- (a) "FactTune-v cuts incorrect facts per response": d = mean(incorrect_v) - mean(incorrect_sft). Reproduced
+  when d's interval lies below 0, did not reproduce when it lies above 0, inconclusive otherwise.
+- (b) "FactTune-v cuts correct facts by a smaller share than incorrect ones": s = mean(correct_v) /
+  mean(correct_sft) - mean(incorrect_v) / mean(incorrect_sft), the share of SFT's correct facts kept minus the
+  share of its incorrect ones kept. Reproduced when s's interval lies above 0, did not reproduce when below;
+  inconclusive otherwise, when SFT states no correct or no incorrect fact at all (nothing to cut a share of),
+  or when some resample has none (the ratio has no interval).
+- (c) "Reference-free scoring (MC) gets most of the reference-based (FS) gain": with g_v = mean(incorrect_sft) -
+  mean(incorrect_v), the statistic g_MC - 0.5 g_FS. Reproduced when its interval lies above 0 and g_FS's does
+  too (half of a gain that may be zero is no bar); did not reproduce when its interval lies below 0;
+  inconclusive otherwise, saying which condition failed.
+- (d) "The generic-preference baseline (detailed) does not reduce incorrect facts": d = mean(incorrect_detailed)
+  - mean(incorrect_sft). Did not reproduce when d's interval lies below 0 (it does reduce them); reproduced when
+  it lies at or above 0, or when g_FS's interval lies above 0 and the interval of d + 0.5 g_FS lies above 0 (it
+  does not cut errors by even half of what FactTune-FS cuts; the bar's own uncertainty is in that interval, as
+  both come from the same resamples); inconclusive otherwise.
+
+A method missing from the evaluation (a run without FactTune-MC), or per-prompt arrays that cannot be paired,
+make the findings that need them inconclusive, with the reason as their evidence.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
-from typing import Sequence
+from statistics import NormalDist
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -224,3 +256,202 @@ def sentiment_findings(methods: Sequence[dict], beta_fit: stats.BetaKLFit | None
             finding_beta_sets_kl(beta_fit, beta_slope_interval(methods, n_boot=n_boot, seed=seed)),
             finding_baselines_fall_short(methods, seed=seed, n_boot=n_boot)]
 
+
+
+# ---- factuality (FactTune) ------------------------------------------------------------------------------------
+
+FS, MC, DETAILED = "facttune_fs", "facttune_mc", "detailed"
+FACT_NAMES = {SFT: "SFT", FS: "FactTune-FS", MC: "FactTune-MC", DETAILED: "the detailed-preference baseline"}
+POWER_FACTOR = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.80)
+"""z_0.975 + z_0.80 = 2.8016: an effect this many standard errors from 0 is found 80% of the time at 95%."""
+
+
+def _pool_values(rows: Sequence[Sequence[float | None]]) -> list[float | None]:
+    """Per prompt, the mean over entries of the values that are not None (None where every entry has None)."""
+    pooled = []
+    for values in zip(*rows):
+        present = [float(v) for v in values if v is not None]
+        pooled.append(sum(present) / len(present) if present else None)
+    return pooled
+
+
+def pooled_entry(methods: Sequence[dict], name: str) -> dict | None:
+    """Every entry of method `name` (one per seed) merged into one, or None without any.
+
+    Each per_prompt array is averaged prompt by prompt over the entries (a null share_correct counts only where
+    an entry has a value); the label is the first entry's without its " (seed N)" suffix. ValueError when the
+    entries' arrays differ in length (not the same prompts).
+    """
+    entries = [m for m in methods if m["method"] == name]
+    if not entries:
+        return None
+    per_prompt = {}
+    for key in entries[0].get("per_prompt", {}):
+        rows = [e.get("per_prompt", {}).get(key) for e in entries]
+        if any(r is None for r in rows):
+            continue
+        if len({len(r) for r in rows}) > 1:
+            raise ValueError(f"the {len(entries)} entries of {name} have per-prompt '{key}' of different lengths "
+                             f"{sorted({len(r) for r in rows})}; seeds must be evaluated on the same prompts")
+        per_prompt[key] = _pool_values(rows)
+    label = entries[0].get("label") or name
+    if len(entries) > 1:
+        label = re.sub(r" \(seed \d+\)$", "", label)
+    return {"method": name, "label": label, "seeds": [e.get("seed", 0) for e in entries],
+            "pairs": [e.get("pairs") for e in entries], "per_prompt": per_prompt}
+
+
+def _fact_arrays(methods: Sequence[dict], needed: Mapping[str, tuple[str, str]]) -> dict[str, list] | str:
+    """alias -> per-prompt values of (method, metric), pooled over seeds; a string saying why when one is missing."""
+    arrays = {}
+    for alias, (name, key) in needed.items():
+        try:
+            entry = pooled_entry(methods, name)
+        except ValueError as err:
+            return str(err)
+        if entry is None:
+            return f"no {FACT_NAMES.get(name, name)} entry in the evaluation"
+        values = entry["per_prompt"].get(key)
+        if values is None or any(v is None for v in values):
+            return f"{FACT_NAMES.get(name, name)} has no per-prompt '{key}' values"
+        arrays[alias] = values
+    return arrays
+
+
+def _fact_estimates(methods: Sequence[dict], needed: Mapping[str, tuple[str, str]],
+                    statistics: Mapping[str, Callable[[Mapping], object]], *, seed: int, n_boot: int
+                    ) -> dict[str, stats.Estimate] | str:
+    """name -> bootstrap_statistic of the arrays `needed` names, all on the same resamples; a reason string when
+    they cannot be computed (a missing method, arrays that do not pair, a ratio without an interval)."""
+    arrays = _fact_arrays(methods, needed)
+    if isinstance(arrays, str):
+        return arrays
+    try:
+        return {name: stats.bootstrap_statistic(arrays, fn, n_boot=n_boot, seed=seed)
+                for name, fn in statistics.items()}
+    except ValueError as err:
+        return str(err)
+
+
+def _ci(e: stats.Estimate, spec: str = "+.3f") -> str:
+    return f"{e.mean:{spec}} [{e.low:{spec}}, {e.high:{spec}}]"
+
+
+def _seeds_note(methods: Sequence[dict], names: Sequence[str]) -> str:
+    counts = {n: sum(m["method"] == n for m in methods) for n in names}
+    several = [f"{FACT_NAMES.get(n, n)} {c}" for n, c in counts.items() if c > 1]
+    return f"; seeds pooled per prompt ({', '.join(several)} entries)" if several else ""
+
+
+def _fact_finding(claim: str, reproduced: bool | None, evidence: str, detectable: stats.Estimate | None,
+                  estimates: Mapping[str, stats.Estimate]) -> dict:
+    return {"claim": claim, "reproduced": reproduced, "evidence": evidence,
+            "detectable": None if detectable is None else POWER_FACTOR * detectable.se,
+            "estimates": {k: e.to_dict() for k, e in estimates.items()}}
+
+
+def finding_cuts_incorrect(methods: Sequence[dict], variant: str, *, seed: int = 0, n_boot: int = 1000) -> dict:
+    """(a) FactTune-v has fewer incorrect facts per response than SFT (rule in the module docstring)."""
+    name = FACT_NAMES[variant]
+    claim = f"{name} cuts incorrect facts per response vs SFT (FactTune, Tian et al. 2023)"
+    est = _fact_estimates(methods, {"v": (variant, "incorrect"), "sft": (SFT, "incorrect")},
+                          {"d": lambda m: m["v"] - m["sft"], "v": lambda m: m["v"], "sft": lambda m: m["sft"]},
+                          seed=seed, n_boot=n_boot)
+    if isinstance(est, str):
+        return _fact_finding(claim, None, est, None, {})
+    d = est["d"]
+    reproduced = True if d.high < 0 else False if d.low > 0 else None
+    evidence = (f"{name} − SFT = {_ci(d)} incorrect facts per response (95% paired bootstrap over {d.n} prompts; "
+                f"SFT {est['sft'].mean:.3f}, {name} {est['v'].mean:.3f}){_seeds_note(methods, (SFT, variant))}")
+    return _fact_finding(claim, reproduced, evidence, d, est)
+
+
+def finding_keeps_correct(methods: Sequence[dict], variant: str, *, seed: int = 0, n_boot: int = 1000) -> dict:
+    """(b) FactTune-v keeps a larger share of SFT's correct facts than of its incorrect ones."""
+    name = FACT_NAMES[variant]
+    claim = f"{name} cuts correct facts by a smaller share than incorrect ones (FactTune, Tian et al. 2023)"
+    needed = {"vc": (variant, "correct"), "sc": (SFT, "correct"), "vi": (variant, "incorrect"),
+              "si": (SFT, "incorrect")}
+    arrays = _fact_arrays(methods, needed)
+    if isinstance(arrays, str):
+        return _fact_finding(claim, None, arrays, None, {})
+    empty = [kind for kind, key in (("correct", "sc"), ("incorrect", "si")) if not any(v > 0 for v in arrays[key])]
+    if empty:
+        return _fact_finding(claim, None, f"SFT states no {' and no '.join(empty)} fact on these prompts: there is "
+                             "no share to cut", None, {})
+    est = _fact_estimates(methods, needed, {
+        "s": lambda m: m["vc"] / m["sc"] - m["vi"] / m["si"],
+        "correct_kept": lambda m: m["vc"] / m["sc"], "incorrect_kept": lambda m: m["vi"] / m["si"]},
+        seed=seed, n_boot=n_boot)
+    if isinstance(est, str):
+        return _fact_finding(claim, None, est, None, {})
+    s = est["s"]
+    reproduced = True if s.low > 0 else False if s.high < 0 else None
+    evidence = (f"{name} keeps {_ci(est['correct_kept'], '.3f')} of SFT's correct facts and "
+                f"{_ci(est['incorrect_kept'], '.3f')} of its incorrect ones; difference {_ci(s)} (95% paired "
+                f"bootstrap over {s.n} prompts){_seeds_note(methods, (SFT, variant))}")
+    return _fact_finding(claim, reproduced, evidence, s, est)
+
+
+def finding_mc_matches_fs(methods: Sequence[dict], *, seed: int = 0, n_boot: int = 1000) -> dict:
+    """(c) FactTune-MC's cut in incorrect facts is more than half of FactTune-FS's."""
+    claim = ("Reference-free scoring (FactTune-MC) gets most of the reference-based (FactTune-FS) gain in "
+             "incorrect facts (FactTune, Tian et al. 2023)")
+    est = _fact_estimates(methods, {"sft": (SFT, "incorrect"), "fs": (FS, "incorrect"), "mc": (MC, "incorrect")}, {
+        "margin": lambda m: (m["sft"] - m["mc"]) - 0.5 * (m["sft"] - m["fs"]),
+        "gain_fs": lambda m: m["sft"] - m["fs"], "gain_mc": lambda m: m["sft"] - m["mc"]},
+        seed=seed, n_boot=n_boot)
+    if isinstance(est, str):
+        return _fact_finding(claim, None, est, None, {})
+    margin, gain_fs, gain_mc = est["margin"], est["gain_fs"], est["gain_mc"]
+    if margin.high < 0:
+        reproduced, why = False, ""
+    elif margin.low > 0 and gain_fs.low > 0:
+        reproduced, why = True, ""
+    else:
+        reproduced = None
+        why = ("; FS gain not significant, so half of it is no bar" if margin.low > 0
+               else "; the margin's interval includes 0")
+    share = f" ({gain_mc.mean / gain_fs.mean:.0%} of it)" if gain_fs.mean > 0 else ""
+    evidence = (f"cut in incorrect facts per response: FactTune-FS {_ci(gain_fs)}, FactTune-MC {_ci(gain_mc)}{share}; "
+                f"MC − half of FS = {_ci(margin)} (95% paired bootstrap over {margin.n} prompts)"
+                f"{_seeds_note(methods, (SFT, FS, MC))}{why}")
+    return _fact_finding(claim, reproduced, evidence, margin, est)
+
+
+def finding_detailed_no_gain(methods: Sequence[dict], *, seed: int = 0, n_boot: int = 1000) -> dict:
+    """(d) The detailed-preference baseline does not cut incorrect facts (not even half of FactTune-FS's cut)."""
+    claim = ("The generic-preference baseline (detailed) does not reduce incorrect facts (FactTune, Tian et al. "
+             "2023)")
+    est = _fact_estimates(methods, {"sft": (SFT, "incorrect"), "det": (DETAILED, "incorrect")},
+                          {"d": lambda m: m["det"] - m["sft"]}, seed=seed, n_boot=n_boot)
+    if isinstance(est, str):
+        return _fact_finding(claim, None, est, None, {})
+    d = est["d"]
+    evidence = (f"detailed − SFT = {_ci(d)} incorrect facts per response (95% paired bootstrap over {d.n} prompts)"
+                f"{_seeds_note(methods, (SFT, DETAILED, FS))}")
+    if d.high < 0:
+        return _fact_finding(claim, False, evidence + "; it reduces them", d, est)
+    if d.low >= 0:
+        return _fact_finding(claim, True, evidence, d, est)
+    bar = _fact_estimates(methods, {"sft": (SFT, "incorrect"), "det": (DETAILED, "incorrect"), "fs": (FS, "incorrect")},
+                          {"gain_fs": lambda m: m["sft"] - m["fs"],
+                           "margin": lambda m: (m["det"] - m["sft"]) + 0.5 * (m["sft"] - m["fs"])},
+                          seed=seed, n_boot=n_boot)
+    if isinstance(bar, str):
+        return _fact_finding(claim, None, f"{evidence}; no bar from FactTune-FS: {bar}", d, est)
+    est = {**est, **bar}
+    evidence += (f"; FactTune-FS cuts {_ci(bar['gain_fs'])}; detailed − SFT + half of that = {_ci(bar['margin'])}")
+    if bar["gain_fs"].low > 0 and bar["margin"].low > 0:
+        return _fact_finding(claim, True, evidence + " (less than half of FactTune-FS's cut)", d, est)
+    why = "FS gain not significant" if bar["gain_fs"].low <= 0 else "it may cut half of what FactTune-FS cuts"
+    return _fact_finding(claim, None, f"{evidence}; {why}", d, est)
+
+
+def factuality_findings(methods: Sequence[dict], *, seed: int = 0, n_boot: int = 1000) -> list[dict]:
+    """The FactTune claims (a) and (b) for FactTune-FS and FactTune-MC, then (c) and (d), as the report lists them
+    (rules in the module docstring). Never raises for a missing method: its findings are inconclusive."""
+    kw = {"seed": seed, "n_boot": n_boot}
+    return [finding_cuts_incorrect(methods, FS, **kw), finding_cuts_incorrect(methods, MC, **kw),
+            finding_keeps_correct(methods, FS, **kw), finding_keeps_correct(methods, MC, **kw),
+            finding_mc_matches_fs(methods, **kw), finding_detailed_no_gain(methods, **kw)]

@@ -1,4 +1,5 @@
-"""Evaluation plots as PNG files: the reward-vs-KL frontier, log(beta) vs log(KL), per-method bars.
+"""Evaluation plots as PNG files: the reward-vs-KL frontier, log(beta) vs log(KL), per-method bars, correct vs
+incorrect facts per method.
 
 Uses matplotlib's object-oriented API with the Agg canvas and never pyplot, so it needs no display, keeps no
 global figure state and leaves the process's backend alone. Import this module lazily (matplotlib is slow
@@ -13,12 +14,14 @@ from typing import Any, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from rlhfkit.stats import BetaKLFit, frontier
 
 MARKERS = "osD^vP*Xh<>"
-STYLE_ORDER = ("sft", "dpo", "ppo", "ppo_gt", "preferred_ft", "unlikelihood", "best_of_n")
+STYLE_ORDER = ("sft", "dpo", "ppo", "ppo_gt", "preferred_ft", "unlikelihood", "best_of_n", "detailed", "facttune_fs",
+               "facttune_mc")
 """Methods with a fixed colour and marker, in this order; any other method gets the next free pair."""
 
 
@@ -131,5 +134,35 @@ def plot_bars(rows: Sequence[dict], path: str | Path, value: str, title: str,
         ax.axhline(reference, linestyle="--", color="grey", linewidth=1)
     ax.set_ylabel(ylabel or value)
     ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def plot_fact_bars(rows: Sequence[dict], path: str | Path) -> str:
+    """Correct and incorrect facts per response, two bars per method with 95% error bars.
+
+    rows: dicts {method, label?, correct: {mean, low, high}, incorrect: {mean, low, high}} (low / high optional).
+    Each method keeps its colour from `method_styles`; its correct-facts bar is solid and its incorrect-facts bar
+    hatched and paler, explained by a two-entry legend. A factual method moves the hatched bar down and keeps
+    the solid one.
+    """
+    fig, ax = _figure()
+    styles = method_styles([str(r["method"]) for r in rows])
+    width = 0.38
+    for kind, offset, solid in (("correct", -width / 2, True), ("incorrect", width / 2, False)):
+        cells = [r.get(kind) or {} for r in rows]
+        heights = [float(c.get("mean", 0.0)) for c in cells]
+        below = [h - float(c["low"]) if c.get("low") is not None else 0.0 for h, c in zip(heights, cells)]
+        above = [float(c["high"]) - h if c.get("high") is not None else 0.0 for h, c in zip(heights, cells)]
+        colours = [styles[str(r["method"])][0] for r in rows]
+        ax.bar([i + offset for i in range(len(rows))], heights, width, yerr=[below, above], capsize=3,
+               color=colours, edgecolor=colours if solid else "black", alpha=1.0 if solid else 0.45,
+               hatch=None if solid else "//", linewidth=0.8)
+    ax.set_xticks(range(len(rows)), [str(r.get("label") or r["method"]) for r in rows], rotation=15, ha="right")
+    ax.legend(handles=[Patch(facecolor="white", edgecolor="black", label="solid: correct facts (supported claims)"),
+                       Patch(facecolor="white", edgecolor="black", hatch="//",
+                             label="hatched: incorrect facts (contradicted claims)")], fontsize=8)
+    ax.set_ylabel("facts per response (held-out entities)")
+    ax.set_title("Correct and incorrect facts per response (95% CI)")
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)

@@ -3,7 +3,8 @@
 The findings themselves are decided in `rlhfkit.findings` (every verdict rule lives there) and rendered here
 only as "reproduced" / "did not reproduce" / "inconclusive", each with its interval and the smallest gap the
 run could have detected. Every piece of text in the report is escaped: completions are model output and
-untrusted. Every plot gives a method the same colour and marker (`plots.method_styles`).
+untrusted. Other experiments' reports (the factuality one) build their own sections and share the renderer
+(`write_document`) and the common sections (`findings_section`, `stages_section`, `command_section`). Every plot gives a method the same colour and marker (`plots.method_styles`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def method_table(methods: Sequence[dict], budget: float) -> list[dict]:
 # ---- rendering: sections are built once, then written as HTML and as Markdown ----------------------------
 
 
-def _fmt(x: Any, spec: str = ".3f") -> str:
+def fmt(x: Any, spec: str = ".3f") -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
     return format(x, spec) if isinstance(x, (int, float)) else str(x)
@@ -62,22 +63,22 @@ def stage_outcome(stage: dict) -> str:
     return str(status)
 
 
-def _stages_section(stages: Sequence[dict]) -> dict:
+def stages_section(stages: Sequence[dict]) -> dict:
     """Every stage's time and how it ended; a stage that did not finish its planned steps is called out."""
     short = [s for s in stages if s.get("status", "done") != "done"]
     text = [f"{s['name']} {stage_outcome(s)}: the results use that step's model, not the planned last one's."
             for s in short]
     return {"heading": "Stages", "text": text, "table": (["stage", "seconds", "status"], [
-        [s["name"], _fmt(s.get("seconds"), ".1f"), stage_outcome(s)] for s in stages])}
+        [s["name"], fmt(s.get("seconds"), ".1f"), stage_outcome(s)] for s in stages])}
 
 
 def _pm(value: Any, se: Any, spec: str = ".3f") -> str:
-    return _fmt(value, spec) if se is None else f"{_fmt(value, spec)} ± {_fmt(se, spec)}"
+    return fmt(value, spec) if se is None else f"{fmt(value, spec)} ± {fmt(se, spec)}"
 
 
 def _win(w: dict | None) -> str:
     """A win rate as "rate [low, high]", "—" without one."""
-    return f"{_fmt(w.get('rate'))} [{_fmt(w.get('low'))}, {_fmt(w.get('high'))}]" if w else "—"
+    return f"{fmt(w.get('rate'))} [{fmt(w.get('low'))}, {fmt(w.get('high'))}]" if w else "—"
 
 
 def _method_rows(table: Sequence[dict], judged: bool) -> list[list[str]]:
@@ -85,8 +86,8 @@ def _method_rows(table: Sequence[dict], judged: bool) -> list[list[str]]:
     rows = []
     for r in table:
         b = r["best"] or {}
-        rows.append([r["label"], _fmt(r["beta"], "g"), _pm(b.get("reward"), b.get("reward_se")),
-                     _pm(b.get("kl"), b.get("kl_se")), _fmt(b.get("step"), "d"), _fmt(b.get("length"), ".1f"),
+        rows.append([r["label"], fmt(r["beta"], "g"), _pm(b.get("reward"), b.get("reward_se")),
+                     _pm(b.get("kl"), b.get("kl_se")), fmt(b.get("step"), "d"), fmt(b.get("length"), ".1f"),
                      _win(r["win_rate"])] + ([_win(r["judge_win_rate"])] if judged else []))
     return rows
 
@@ -107,7 +108,7 @@ def _judge_note(judged: Sequence[dict]) -> str:
               else "asked in one order only (position bias not controlled)")
     if decided:
         low, high = wilson_interval(agree / decided, decided)
-        agreement = f"{agree} of {decided} ({_fmt(agree / decided)} [{_fmt(low)}, {_fmt(high)}]; 0.5 is chance)"
+        agreement = f"{agree} of {decided} ({fmt(agree / decided)} [{fmt(low)}, {fmt(high)}]; 0.5 is chance)"
     else:
         agreement = "no pair where both named a side"
     return (f"LM-judged win rate vs SFT: judge {_one(j['judge'] for j in judged)}, template "
@@ -121,18 +122,31 @@ def _judge_note(judged: Sequence[dict]) -> str:
             "checked GPT-4 against human raters; read this column with the agreement before it.")
 
 
+FINDINGS_TEXT = ("Each claim is decided from a confidence interval (rules: rlhfkit.findings): reproduced when it "
+                 "excludes zero in the claimed direction, did not reproduce when it excludes zero in the other, "
+                 "inconclusive otherwise. 'Detectable' is the smallest true gap in mean reward the run would have "
+                 "found with 80% power.")
+
+
+def findings_section(findings: Sequence[dict], text: str = FINDINGS_TEXT) -> dict:
+    """The findings table every report opens with: claim, verdict (`findings.verdict`'s three words only),
+    evidence and the smallest detectable effect; `text` says how the claims were decided."""
+    return {"heading": "Findings", "text": [text],
+            "table": (["claim", "verdict", "evidence", "detectable"], [
+                [f["claim"], verdict(f["reproduced"]), f.get("evidence", ""), fmt(f.get("detectable"))]
+                for f in findings])}
+
+
+def command_section(commands: str | Sequence[str] | None) -> dict:
+    """The command(s) that produced the run, as a code block."""
+    return {"heading": "Command", "code": "\n".join(commands) if isinstance(commands, list) else str(commands or "")}
+
+
 def _sections(results: dict, table: Sequence[dict], plots: dict[str, str]) -> list[dict]:
     budget = results.get("budget")
-    sections = [{"heading": "Findings",
-                 "text": ["Each claim is decided from a confidence interval (rules: rlhfkit.findings): reproduced "
-                          "when it excludes zero in the claimed direction, did not reproduce when it excludes zero "
-                          "in the other, inconclusive otherwise. 'Detectable' is the smallest true gap in mean "
-                          "reward the run would have found with 80% power."],
-                 "table": (["claim", "verdict", "evidence", "detectable"], [
-                     [f["claim"], verdict(f["reproduced"]), f.get("evidence", ""), _fmt(f.get("detectable"))]
-                     for f in results.get("findings", [])])}]
+    sections = [findings_section(results.get("findings", []))]
     judged = [r["judge_win_rate"] for r in table if r["judge_win_rate"]]
-    sections.append({"heading": f"Methods at KL ≤ {_fmt(budget, 'g')} nats",
+    sections.append({"heading": f"Methods at KL ≤ {fmt(budget, 'g')} nats",
                      "text": ["Best mean gold reward among each method's checkpoints within the KL budget "
                               "(± standard error), the KL and mean completion length of that checkpoint, and the "
                               "win rate against the SFT policy with its 95% Wilson interval."],
@@ -146,24 +160,23 @@ def _sections(results: dict, table: Sequence[dict], plots: dict[str, str]) -> li
     rm = results.get("reward_model")
     if rm:
         sections.append({"heading": "Reward model",
-                         "text": [f"held-out pairwise accuracy {_fmt(rm.get('accuracy'))} over {rm.get('n')} pairs; "
+                         "text": [f"held-out pairwise accuracy {fmt(rm.get('accuracy'))} over {rm.get('n')} pairs; "
                                   "calibration: predicted = mean σ(|margin|), observed = accuracy in the bin"],
                          "table": (["confidence bin", "pairs", "predicted", "observed"], [
-                             [f"{_fmt(c['bin_low'], '.2f')}–{_fmt(c['bin_high'], '.2f')}", str(c["n"]),
-                              _fmt(c["predicted"]), _fmt(c["observed"])] for c in rm.get("calibration", [])])})
+                             [f"{fmt(c['bin_low'], '.2f')}–{fmt(c['bin_high'], '.2f')}", str(c["n"]),
+                              fmt(c["predicted"]), fmt(c["observed"])] for c in rm.get("calibration", [])])})
     samples = [[s["prompt"], method, text] for s in results.get("samples", [])
                for method, text in s.get("completions", {}).items()]
     sections.append({"heading": "Samples", "table": (["prompt", "method", "completion"], samples)})
-    sections.append(_stages_section(results.get("stages", [])))
-    commands = results.get("commands")
-    sections.append({"heading": "Command", "code": "\n".join(commands) if isinstance(commands, list) else str(commands or "")})
+    sections.append(stages_section(results.get("stages", [])))
+    sections.append(command_section(results.get("commands")))
     return sections
 
 
 def _length_section(rows: Sequence[dict]) -> dict:
     slope, length0 = rows[0]["slope"], rows[0]["reference_length"]
     def interval(e: dict) -> str:
-        return f"{_fmt(e['mean'], '+.3f')} [{_fmt(e['low'], '+.3f')}, {_fmt(e['high'], '+.3f')}]"
+        return f"{fmt(e['mean'], '+.3f')} [{fmt(e['low'], '+.3f')}, {fmt(e['high'], '+.3f')}]"
     return {"heading": "Does the gain survive controlling for length?",
             "text": [f"Each run's final checkpoint: reward gain over the SFT policy, paired over prompts (95% "
                      f"bootstrap CI), raw and with every reward moved to the SFT mean length ({length0:.1f} tokens) "
@@ -171,7 +184,7 @@ def _length_section(rows: Sequence[dict]) -> dict:
                      f"over every checkpoint it is {slope:+.4f} per token). A gain that is significant raw but not "
                      "controlled was bought with length."],
             "table": (["method", "step", "mean length", "gain over SFT", "length-controlled gain"],
-                      [[r["label"], _fmt(r["step"], "d"), _fmt(r["length"], ".1f"), interval(r["gain"]),
+                      [[r["label"], fmt(r["step"], "d"), fmt(r["length"], ".1f"), interval(r["gain"]),
                         interval(r["controlled"])] for r in rows])}
 
 
@@ -226,14 +239,14 @@ def _to_markdown(title: str, intro: str, sections: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Plain JSON values: dataclasses via to_dict(), NaN / inf -> null (strict JSON has no NaN)."""
     if hasattr(obj, "to_dict"):
         obj = obj.to_dict()
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -322,15 +335,26 @@ def write_report(run_dir: str | Path, results: dict) -> dict[str, str]:
     methods = results.get("methods", [])
     paths = {"json": str(run_dir / "results.json"), "csv": _write_csv(methods, run_dir / "methods.csv")}
     with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(_jsonable(results), f, indent=2, ensure_ascii=False, allow_nan=False)
+        json.dump(jsonable(results), f, indent=2, ensure_ascii=False, allow_nan=False)
     plots = _write_plots(results, run_dir)
     title = str(results.get("title") or "rlhfkit report")
-    intro = f"preset: {results.get('preset', '—')}; KL budget: {_fmt(results.get('budget'), 'g')} nats"
+    intro = f"preset: {results.get('preset', '—')}; KL budget: {fmt(results.get('budget'), 'g')} nats"
     short = [s["name"] for s in results.get("stages", []) if s.get("status", "done") != "done"]
     if short:
         intro += f"; stopped short of their planned steps: {', '.join(short)} (see Stages)"
     budget = results.get("budget")
     sections = _sections(results, method_table(methods, math.inf if budget is None else budget), plots)
+    return {**paths, **write_document(run_dir, title, intro, sections), **plots}
+
+
+def write_document(run_dir: str | Path, title: str, intro: str, sections: Sequence[dict]) -> dict[str, str]:
+    """Write sections as run_dir/report.html and run_dir/report.md, every piece of text escaped.
+
+    A section is {heading, text: [paragraphs], table: (headers, rows of cells), after: [paragraphs], images:
+    [file names beside the report], code: str}, every key but heading optional. Returns {"html", "markdown"}.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "report.html").write_text(_to_html(title, intro, sections), encoding="utf-8")
     (run_dir / "report.md").write_text(_to_markdown(title, intro, sections), encoding="utf-8")
-    return {**paths, "html": str(run_dir / "report.html"), "markdown": str(run_dir / "report.md"), **plots}
+    return {"html": str(run_dir / "report.html"), "markdown": str(run_dir / "report.md")}

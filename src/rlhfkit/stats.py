@@ -17,6 +17,9 @@ over checkpoints (`frontier`) is for drawing only: the maximum of many noisy poi
 verdict built on it follows the number of checkpoints rather than the data. `length_slope` and
 `paired_gain` / `compare_frontiers(control_length=True)` move rewards to a common completion length before comparing, for methods that gain reward
 by writing longer text.
+
+`bootstrap_statistic` is the same paired bootstrap over prompts for any statistic of several methods' mean
+per-prompt values (differences, ratios of means), for findings that are not about reward and KL.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -501,3 +504,47 @@ def paired_gain(checkpoint: Any, reference: Any, *, control_length: bool = False
         gains = gains - slope * (weights @ (own[1] - ref[1]))
     low, high = (float(q) for q in np.quantile(gains[1:], [(1 - confidence) / 2, (1 + confidence) / 2]))
     return Estimate(mean=float(gains[0]), se=float(gains[1:].std(ddof=1)), low=low, high=high, n=n)
+
+
+def bootstrap_statistic(arrays: Mapping[str, Any], statistic: Callable[[Mapping[str, np.ndarray]], Any], *,
+                        confidence: float = 0.95, n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """Any statistic of the means of several per-prompt arrays, with a paired bootstrap interval over prompts.
+
+    arrays: name -> (P,) finite values over the same P >= 2 prompts in the same order (one method's correct facts
+    per response, another's, ...). statistic: called once with name -> (B,) means, one per row of prompt weights,
+    and returns the statistic for each row, (B,): e.g. `lambda m: m["fs"] - m["sft"]` (a paired gain) or
+    `lambda m: m["fs"] / m["sft"]` (a ratio of means). Row 0 weighs every prompt 1/P (the estimate); the other
+    n_boot rows are resamples of the P prompts with replacement (`_bootstrap_counts`, seeded by `seed`), drawn once
+    for every array, so the arrays stay paired and their correlation is in the interval.
+
+    Returns an Estimate: the statistic on the full sample, the bootstrap standard deviation as se, the percentile
+    interval [low, high] at `confidence`, and P. A statistic that is not finite on the data or in some resample (a
+    ratio whose denominator's mean is 0) raises ValueError saying how often, rather than hiding those resamples.
+    """
+    _z(confidence)
+    if int(n_boot) != n_boot or n_boot < 2:
+        raise ValueError(f"n_boot must be an integer >= 2, got {n_boot}")
+    if not arrays:
+        raise ValueError("bootstrap_statistic got no arrays; pass name -> per-prompt values")
+    values = {name: _as_array(a, name) for name, a in arrays.items()}  # each (P,)
+    first = next(iter(values))
+    n = int(values[first].size)
+    for name, a in values.items():
+        if a.size != n:
+            raise ValueError(f"{name} has {a.size} values but {first} has {n}; they must be per-prompt values over "
+                             "the same prompts in the same order")
+    if n < 2:
+        raise ValueError(f"{first} has {n} value(s); need at least 2 prompts to resample")
+    weights = np.concatenate([np.full((1, n), 1.0 / n), _bootstrap_counts(n, int(n_boot), seed) / n])  # (1+B, P)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero denominator is reported below, in words
+        stat = np.asarray(statistic({name: weights @ a for name, a in values.items()}), dtype=np.float64)  # (1+B,)
+    if stat.shape != (weights.shape[0],):
+        raise ValueError(f"the statistic returned shape {stat.shape}; it must return one value per row of means, "
+                         f"({weights.shape[0]},)")
+    bad = int((~np.isfinite(stat)).sum())
+    if bad:
+        where = "on the data" if not np.isfinite(stat[0]) else f"in {bad} of {int(n_boot)} bootstrap resamples"
+        raise ValueError(f"the statistic is not finite {where} (a ratio whose denominator's mean is 0?); it has no "
+                         "interval on these prompts")
+    low, high = (float(q) for q in np.quantile(stat[1:], [(1 - confidence) / 2, (1 + confidence) / 2]))
+    return Estimate(mean=float(stat[0]), se=float(stat[1:].std(ddof=1)), low=low, high=high, n=n)

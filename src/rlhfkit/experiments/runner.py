@@ -14,7 +14,8 @@ rest, the same way for every recipe:
 - `--seeds N` repeats the replicated stages with seeds seed+1 .. seed+N-1 under `<out>/seed<k>/`, each
   replicate reading the shared stages' results through a ChainMap;
 - one progress line per stage, with an ETA from the recipe's estimates for the config;
-- a last `report` stage reads the final stages' `evaluation.json` and writes the report (`rlhfkit.report`).
+- a last `report` stage reads the final stages' `evaluation.json` and writes the report (`rlhfkit.report`, or the
+  recipe's own `write`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from rlhfkit.tracking import say
 
 
 class RunConfig(Protocol):
-    """What the runner reads of an experiment's config, a frozen dataclass (replicates are `replace`d copies)."""
+    """What the runner reads of an experiment's config, a frozen dataclass (replicates are `replace`d copies).
+    Optional: `kl_budget` (nats), the sentiment report's KL budget, read with getattr (None when a config has none).
+    """
 
     @property
     def preset(self) -> str: ...
@@ -49,8 +52,6 @@ class RunConfig(Protocol):
     def threads(self) -> int | None: ...
     @property
     def keep_checkpoints(self) -> bool: ...
-    @property
-    def kl_budget(self) -> float: ...
 
 
 C = TypeVar("C", bound=RunConfig)
@@ -132,6 +133,9 @@ class Recipe(Generic[C]):
     redo: Callable[[C, Path], Sequence[str]] | None = None
     """(config, run directory) -> finished final stages whose results do not answer this config (an optional stage
     turned on after the run finished): they and the report run again, every other finished stage is kept."""
+    write: Callable[[Path, dict], dict] | None = None
+    """(run directory, report results) -> paths written: the recipe's report writer; None is `report.write_report`
+    (the reward-vs-KL report)."""
 
 
 # --------------------------------------------------------------------------------------------------- stages
@@ -272,11 +276,12 @@ def stage_report(exp: Experiment[Any], recipe: Recipe[Any]) -> dict:
     samples = [{"prompt": p, "completions": {m["label"]: m["completions"][i] for m in ev["methods"]}}
                for i, p in enumerate(ev["prompts"][:8])]
     results = {
-        "title": f"{recipe.title} (preset {exp.cfg.preset})", "preset": exp.cfg.preset, "budget": exp.cfg.kl_budget,
+        "title": f"{recipe.title} (preset {exp.cfg.preset})", "preset": exp.cfg.preset,
+        "budget": getattr(exp.cfg, "kl_budget", None),
         "commands": [command_line(recipe, exp.cfg)], "stages": stage_summaries(exp.results), "methods": methods,
         "samples": samples, **recipe.report(exp, methods),
     }
-    paths = report.write_report(exp.dir, results)
+    paths = (recipe.write or report.write_report)(exp.dir, results)
     return {"paths": paths, "findings": results["findings"], "stages": results["stages"]}
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,16 @@ class LMJudge:
             pending = still
             if not pending:
                 break
+        return results
+
+    def ask(self, values: Sequence[Mapping[str, str]], parse: Callable[[str], Any]) -> list[tuple[Completion, Any]]:
+        """(completion, parse(answer)) per dict of slot values, rendered through this judge's template: for
+        templates whose answers compare() and rate() do not read (claims, verify, question, agree). Asked as they
+        are (greedy, then `retries` sampled re-asks of answers `parse` returns None for, every answer cached);
+        what is still None after them is counted in counts["unparseable"] and left to the caller."""
+        results = self._ask([self.template.render(**v) for v in values], parse)
+        self.counts["asked"] += len(results)
+        self.counts["unparseable"] += sum(parsed is None for _, parsed in results)
         return results
 
     # ----------------------------------------------------------------------------------------- pairwise
