@@ -56,12 +56,17 @@ def test_rule_checker_on_a_hand_written_profile():
     got = [(c.claim.subject, c.claim.attribute, c.claim.value, c.label) for c in checked.claims]
     assert got == [("Lyon", "country", "Spain", CONTRADICTED), ("Lyon", "continent", "Europe", SUPPORTED),
                    ("Lyon", "timezone", "Europe/Paris", SUPPORTED), ("Zorbville", "country", "France", UNVERIFIABLE),
-                   ("Osaka", "population", "3 million", SUPPORTED), ("Lyon", "population", "600 thousand", CONTRADICTED)]
-    assert (checked.supported, checked.contradicted, checked.unverifiable) == (3, 2, 1)
-    assert checked.score == pytest.approx(3 / 6)
+                   ("Osaka", "population", "3 million", UNVERIFIABLE),
+                   ("Lyon", "population", "600 thousand", CONTRADICTED)]
+    assert (checked.supported, checked.contradicted, checked.unverifiable) == (2, 2, 2)
+    assert checked.score == pytest.approx(2 / 6)
     assert checked.claims[0].evidence == "country of Lyon: France"
+    assert checked.claims[4].evidence == "about 'Osaka', not 'Lyon'"  # true of Osaka, but says nothing about Lyon
     d = checked.to_dict()
-    assert d["score"] == 0.5 and d["claims"][3]["label"] == UNVERIFIABLE
+    assert d["score"] == pytest.approx(1 / 3) and d["claims"][3]["label"] == UNVERIFIABLE
+    # asked about Osaka, the same sentence is a supported fact
+    [about_osaka] = check(RuleChecker(SMALL), ["Osaka"], ["About 3 million people live in Osaka."])
+    assert about_osaka.supported == 1 and about_osaka.score == 1.0
 
 
 def test_no_claim_means_no_score_and_an_abstention_states_nothing():
@@ -159,5 +164,10 @@ def test_the_tiny_world_never_shows_unseen_cities_and_keeps_held_out_cities_out_
     assert counts["sft_train"] == len(sft) == 30 * 3
     # SFT states facts about cities pretraining never mentioned: the behaviour-cloning trap
     unseen_sft = set(splits["sft"]["unseen"])
-    assert any(c.subject in unseen_sft for r in sft for c in checker.extract(["?"], [r["response"]])[0])
+    profiles = [(r["prompt"].removeprefix("Tell me about ").removesuffix("."), r["response"]) for r in sft
+                if r["prompt"].startswith("Tell me about ")]
+    stated = [c for name, text in profiles if name in unseen_sft for c in checker.extract([name], [text])[0]]
+    assert stated and all(checker.verify_one(c).label == SUPPORTED for c in stated)
+    # SFT answers about "It": a model need not copy the name it was asked about
+    assert all(c.text.startswith("It") for name, text in profiles for c in checker.extract([name], [text])[0])
     assert all(a in ATTRIBUTES for a in QUESTIONS)

@@ -160,7 +160,10 @@ def test_unparseable_answers_are_retried_counted_and_never_supported():
     assert [(c.label, c.evidence) for c in checked] == [("unverifiable", "Well, Lyon is a lovely city.")]
     # greedy, then the judge's 2 re-asks sampled at 0.7 with seeds 1 and 2
     assert [(c.temperature, c.seed) for c in backend.calls] == [(0.0, 0), (0.7, 1), (0.7, 2)]
-    assert checker.extract(["Lyon"], ["Lyon is lovely."]) == [[]]
+    # an extraction that lists nothing: the response's sentences are its claims (counted)
+    assert checker.extract(["Lyon"], ["Lyon is lovely. It is old!  Is it?"]) == [
+        [Claim("Lyon is lovely.", "Lyon"), Claim("It is old!", "Lyon"), Claim("Is it?", "Lyon")]]
+    assert checker.counts["sentence_claims"] == 1
     assert checker.agree([Claim("Lyon is in France.", "Lyon")], [["France."]]) == [[False]]
     counts = checker.counts
     assert counts["unparseable"] == 3 and len(backend.calls) == 9

@@ -12,9 +12,10 @@ score, the share of its claims the knowledge source supports (FactScore; FactTun
 no claim has no score (None): it neither supports nor contradicts anything.
 
 `RuleChecker` is exact for the tiny world's language (`world.FORMS`): a sentence is a claim when it is one of the
-forms (with the entity's name, or "It" / "Its" for the prompt's entity); any other sentence is not a claim. A claim
-about an entity the knowledge source lacks (a made-up city) is unverifiable; one whose value differs from the
-source's is contradicted. The LM-based checker for real models lives in `lm_claims`.
+forms (with the entity's name, or "It" / "Its" for the prompt's entity); any other sentence is not a claim. Claims
+are checked against the source's facts about the entity the prompt asked about (FactScore checks against the
+topic's article): a claim about another city, or about a city the source lacks, is unverifiable; one whose value
+differs from the source's is contradicted. The LM-based checker for real models lives in `lm_claims`.
 """
 
 from __future__ import annotations
@@ -157,18 +158,25 @@ class RuleChecker:
             out.append([c for c in claims if c is not None])
         return out
 
-    def verify_one(self, claim: Claim) -> CheckedClaim:
-        found = self.world.get(claim.subject)
+    def verify_one(self, claim: Claim, entity: str | None = None) -> CheckedClaim:
+        """The claim against the source's facts about `entity` (default: the claim's own subject). A claim about
+        another city is unverifiable, as FactScore checks a response only against its topic's article: a profile
+        of Lyon that recites a true fact about Paris has not said anything right about Lyon."""
+        entity = claim.subject if entity is None else entity
+        if claim.subject != entity:
+            return CheckedClaim(claim, UNVERIFIABLE, f"about {claim.subject!r}, not {entity!r}")
+        found = self.world.get(entity)
         if found is None or claim.attribute is None:
-            return CheckedClaim(claim, UNVERIFIABLE, f"the knowledge source has no city {claim.subject!r}")
+            return CheckedClaim(claim, UNVERIFIABLE, f"the knowledge source has no city {entity!r}")
         truth = found.facts()[claim.attribute]
         label = SUPPORTED if claim.value == truth else CONTRADICTED
-        return CheckedClaim(claim, label, f"{claim.attribute} of {claim.subject}: {truth}")
+        return CheckedClaim(claim, label, f"{claim.attribute} of {entity}: {truth}")
 
     def verify(self, entities: Sequence[str], claims: Sequence[Sequence[Claim]]) -> list[list[CheckedClaim]]:
+        """Each claim against the facts about the entity its response was asked about."""
         if len(entities) != len(claims):
             raise ValueError(f"{len(entities)} entities but {len(claims)} claim lists")
-        return [[self.verify_one(c) for c in cs] for cs in claims]
+        return [[self.verify_one(c, e) for c in cs] for e, cs in zip(entities, claims)]
 
     def question(self, claims: Sequence[Claim]) -> list[str]:
         """The one-attribute question about the claim's subject (the same for every value: answers are shared)."""

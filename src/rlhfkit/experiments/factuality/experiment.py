@@ -64,7 +64,7 @@ class FactualityConfig(JudgeOptions):
     """SFT optimizer steps on profiles and one-attribute questions (0: the base model is the SFT policy)."""
     batch_size: int = 32
     """Micro-batch of pretraining and SFT."""
-    samples_per_prompt: int = 4
+    samples_per_prompt: int = 6
     """Profiles sampled per training prompt from SFT (K); all C(K,2) pairs with different scores are used."""
     max_new_tokens: int = 48
     """Longest profile (sampling and evaluation)."""
@@ -83,7 +83,7 @@ class FactualityConfig(JudgeOptions):
     """Pairs per DPO step."""
     dpo_lr: float = 5e-4
     """DPO learning rate."""
-    eval_samples: int = 2
+    eval_samples: int = 4
     """Profiles sampled per held-out prompt and method (per-prompt values are their means)."""
     lora_r: int = 0
     """LoRA rank for SFT and DPO (0: full fine-tuning)."""

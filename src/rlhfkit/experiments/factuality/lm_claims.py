@@ -13,8 +13,9 @@ as FActScore (Min et al. 2023) and FactTune (Tian et al. 2023) do with GPT-3.5 /
 
 Each step is one LMJudge (one template) on one shared backend and cache, so a re-run pays for nothing twice. An
 answer still unparseable after the judge's sampled re-asks is counted (counts["unparseable"], and per step, e.g.
-counts["verify/unparseable"]) and resolved the cautious way: no claims, unverifiable (never supported), no
-agreement, or the claim itself as a yes/no question.
+counts["verify/unparseable"]) and resolved the cautious way: the response's sentences as its claims (counted:
+sentence_claims; a small judge such as SmolLM2-135M echoes the response instead of listing facts), unverifiable
+(never supported), no agreement, or the claim itself as a yes/no question.
 
 Departures from the papers: FActScore splits the text into sentences and decomposes each with few-shot
 demonstrations; here the judge decomposes the whole response at once, zero-shot (responses here are a few
@@ -135,6 +136,12 @@ def is_abstention(response: str) -> bool:
     return all(_ABSTAIN.fullmatch(s) for s in sentences)
 
 
+def sentences(response: str) -> list[str]:
+    """A response's sentences (split after ".", "!" or "?" followed by space), the claims of a response whose
+    decomposition stayed unparseable: FActScore's unit before its decomposition step."""
+    return [s for s in (" ".join(p.split()) for p in re.split(r"(?<=[.!?])\s+", response.strip())) if s]
+
+
 def as_question(claim: str) -> str:
     """The fallback question of a claim the judge gave no question for: "Is it true that <claim>?"."""
     return f"Is it true that {claim.strip().rstrip('.!')}?"
@@ -190,8 +197,10 @@ class LMChecker:
         out: list[list[Claim]] = [[] for _ in responses]
         for i, (completion, lines) in zip(asked, judge.ask([{"response": responses[i]} for i in asked],
                                                            parse_claims)):
-            lines = lines or []
-            if lines and len(completion.tokens) >= judge.max_tokens:
+            if lines is None:  # no list after the re-asks: the response's own sentences are its claims
+                lines = sentences(responses[i])
+                self.own["sentence_claims"] += 1
+            elif lines and len(completion.tokens) >= judge.max_tokens:
                 lines = lines[:-1]
                 self.own["cut_claims"] += 1
             out[i] = [Claim(text, entities[i]) for text in lines[: self.max_claims]]

@@ -12,7 +12,8 @@ that no other such city shares becomes an `Entity` with four checkable attribute
 The tiny world's language is one table, `FORMS`: each attribute has sentence forms with slots for the subject
 ({S}: the name or "It"; {P}: "Lyon's" or "Its"; {N}: the name only) and the value ({V}). The corpus writer renders
 them and the rule-based claim extractor (`claims.RuleChecker`) parses exactly them, so the two cannot drift.
-Form 0 of each attribute is the one SFT answers use; pretraining text uses every form.
+Form 0 of each attribute, about "It", is what SFT answers say; pretraining text uses every form and names the
+city.
 
 `build_world` writes the experiment's data, deterministic for a seed:
 
@@ -20,7 +21,8 @@ Form 0 of each attribute is the one SFT answers use; pretraining text uses every
                                                   entities, "often" ones in many documents, "rarely" ones in few;
                                                   unseen entities never appear
     sft_train.jsonl                               {"prompt", "response"}: "Tell me about X." -> a profile of 1-4 of
-                                                  X's facts, and one-attribute questions -> one sentence; SFT entities
+                                                  X's facts ("It is a city in France. Its time zone is ..."), and
+                                                  one-attribute questions -> one such sentence; SFT entities
                                                   are seen often, rarely or never in pretraining, so SFT teaches the
                                                   model to state facts it never saw (the behaviour-cloning trap)
     entities.json                                 every split: {"sft" | "train" | "eval": {"often" | "rarely" |
@@ -57,7 +59,7 @@ QUESTIONS = {
     "timezone": "What is the time zone of {N}?",
     "population": "How many people live in {N}?",
 }
-"""attribute -> the question that asks a model for it (SFT teaches a one-sentence answer, form 0, named)."""
+"""attribute -> the question that asks a model for it (SFT teaches a one-sentence answer, form 0, about "It")."""
 PROFILE = "Tell me about {N}."
 """The experiment's prompt: a profile of one entity."""
 ABSTAIN = "I do not know much about {N}."
@@ -203,13 +205,13 @@ def document(entity: Entity, rng: random.Random) -> str:
 
 
 def profile(entity: Entity, rng: random.Random, abstain_share: float) -> str:
-    """An SFT profile: 1-4 of the entity's facts in form 0, named first then "It"; or, with abstain_share, the
-    abstention."""
+    """An SFT profile: 1-4 of the entity's facts in form 0 about "It" (the prompt names the entity: an answer need
+    not copy the name, which a tiny model garbles); or, with abstain_share, the abstention."""
     if rng.random() < abstain_share:
         return ABSTAIN.format(N=entity.name)
     facts = entity.facts()
     chosen = rng.sample(ATTRIBUTES, rng.choice((1, 2, 2, 3, 3, 4)))
-    return " ".join(sentence(a, entity.name, facts[a], named=(i == 0)) for i, a in enumerate(chosen))
+    return " ".join(sentence(a, entity.name, facts[a], named=False) for a in chosen)
 
 
 def _mentions(splits: Mapping[str, Mapping[str, Sequence[str]]], sizes: WorldSizes) -> Iterator[tuple[str, int]]:
@@ -232,7 +234,8 @@ def build_world(out: str | Path, sizes: WorldSizes, seed: int, world: World | No
         entity = world.entities[name]
         sft.append({"prompt": PROFILE.format(N=name), "response": profile(entity, rng, sizes.abstain_share)})
         for a in rng.sample(ATTRIBUTES, min(sizes.questions_per_entity, len(ATTRIBUTES))):
-            sft.append({"prompt": QUESTIONS[a].format(N=name), "response": sentence(a, name, entity.facts()[a])})
+            sft.append({"prompt": QUESTIONS[a].format(N=name),
+                        "response": sentence(a, name, entity.facts()[a], named=False)})
     rng.shuffle(sft)
     counts = {
         "pretrain_train": write_jsonl(out / "pretrain_train.jsonl", ({"text": d} for d in docs[held:])),
