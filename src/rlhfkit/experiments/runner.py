@@ -226,6 +226,41 @@ def run(recipe: Recipe[C], cfg: C) -> dict:
     return {**exp.results["report"], "total_seconds": total, "dir": str(out)}
 
 
+# ------------------------------------------------------------------------------------- shared training stages
+def pretrain_stage(exp: Experiment[Any], folder: str, *, max_records: int | None = None,
+                   max_minutes: float | None = None, save_every: int = 100) -> dict:
+    """Pretrain the tiny model from scratch on `<folder>/pretrain_train.jsonl` (held out: pretrain_eval.jsonl),
+    64-token blocks, with the config's arch, vocab_size, batch_size and pretrain_steps; a base_model other than
+    "tiny" skips it (the result names that model)."""
+    from rlhfkit.config import DataConfig, ModelConfig, OptimConfig
+    from rlhfkit.sft import PretrainConfig, run_pretrain
+
+    cfg = exp.cfg
+    if cfg.base_model != "tiny":
+        return {"model": cfg.base_model, "skipped": f"starting from {cfg.base_model}"}
+    data = DataConfig(train=str(exp.path(folder, "pretrain_train.jsonl")),
+                      eval=str(exp.path(folder, "pretrain_eval.jsonl")), max_length=64, max_records=max_records)
+    return run_pretrain(PretrainConfig(
+        data=data, model=ModelConfig(tiny=cfg.arch), vocab_size=cfg.vocab_size,
+        train=exp.train_cfg(batch_size=cfg.batch_size, max_steps=cfg.pretrain_steps, max_minutes=max_minutes,
+                            eval_every=10**9, save_every=save_every),
+        optim=OptimConfig(lr=3e-3, warmup_steps=20, weight_decay=0.1), out=str(exp.path("pretrain"))))
+
+
+def sft_stage(exp: Experiment[Any], data: Any) -> dict:
+    """SFT of the pretrain stage's model on `data` (a DataConfig) for the config's sft_steps x batch_size, LoRA rank
+    lora_r; lr 1e-3 for the tiny model, 2e-5 for a pretrained one."""
+    from rlhfkit.config import LoRAConfig, ModelConfig, OptimConfig
+    from rlhfkit.sft import SFTConfig, run_sft
+
+    cfg = exp.cfg
+    return run_sft(SFTConfig(
+        data=data, model=ModelConfig(name=exp.results["pretrain"]["model"]), lora=LoRAConfig(r=cfg.lora_r),
+        train=exp.train_cfg(batch_size=cfg.batch_size, max_steps=cfg.sft_steps, eval_every=10**9, save_every=100),
+        optim=OptimConfig(lr=1e-3 if cfg.base_model == "tiny" else 2e-5, warmup_steps=10),
+        out=str(exp.path("sft"))))
+
+
 # ------------------------------------------------------------------------------------ evaluation and report
 EVALUATION = "evaluation.json"
 """Written by a recipe's final stages into the run directory: {"prompts": [str], "methods": [entry]}, each entry

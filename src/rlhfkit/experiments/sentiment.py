@@ -148,35 +148,15 @@ def stage_corpus(exp: Exp) -> dict:
 
 
 def stage_pretrain(exp: Exp) -> dict:
-    from rlhfkit.sft import PretrainConfig, run_pretrain
-
-    cfg = exp.cfg
-    if cfg.base_model != "tiny":
-        return {"model": cfg.base_model, "skipped": f"starting from {cfg.base_model}"}
-    data = DataConfig(train=str(exp.path("corpus", "pretrain_train.jsonl")),
-                      eval=str(exp.path("corpus", "pretrain_eval.jsonl")), max_length=64,
-                      max_records=cfg.corpus_records)
-    summary = run_pretrain(PretrainConfig(
-        data=data, model=ModelConfig(tiny=cfg.arch), vocab_size=cfg.vocab_size,
-        train=exp.train_cfg(batch_size=cfg.batch_size, max_steps=cfg.pretrain_steps, max_minutes=cfg.pretrain_minutes,
-                            eval_every=10**9, save_every=100),
-        optim=OptimConfig(lr=3e-3, warmup_steps=20, weight_decay=0.1), out=str(exp.path("pretrain"))))
-    return summary
+    return runner.pretrain_stage(exp, "corpus", max_records=exp.cfg.corpus_records,
+                                 max_minutes=exp.cfg.pretrain_minutes)
 
 
 def stage_sft(exp: Exp) -> dict:
-    from rlhfkit.config import LoRAConfig
-    from rlhfkit.sft import SFTConfig, run_sft
-
     cfg = exp.cfg
-    base = exp.results["pretrain"]["model"]
-    data = DataConfig(train=str(exp.path("corpus", "sft_train.jsonl")), max_length=64, max_prompt_length=24,
-                      max_records=cfg.sft_steps * cfg.batch_size * 2, eval_fraction=0.05)
-    return run_sft(SFTConfig(
-        data=data, model=ModelConfig(name=base), lora=LoRAConfig(r=cfg.lora_r),
-        train=exp.train_cfg(batch_size=cfg.batch_size, max_steps=cfg.sft_steps, eval_every=10**9, save_every=100),
-        optim=OptimConfig(lr=1e-3 if cfg.base_model == "tiny" else 2e-5, warmup_steps=10),
-        out=str(exp.path("sft"))))
+    return runner.sft_stage(exp, DataConfig(
+        train=str(exp.path("corpus", "sft_train.jsonl")), max_length=64, max_prompt_length=24,
+        max_records=cfg.sft_steps * cfg.batch_size * 2, eval_fraction=0.05))
 
 
 def stage_prompts(exp: Exp) -> dict:

@@ -149,34 +149,14 @@ def stage_world(exp: Exp) -> dict:
 
 
 def stage_pretrain(exp: Exp) -> dict:
-    from rlhfkit.sft import PretrainConfig, run_pretrain
-
-    cfg = exp.cfg
-    if cfg.base_model != "tiny":
-        return {"model": cfg.base_model, "skipped": f"starting from {cfg.base_model}"}
-    data = DataConfig(train=str(exp.path("world", "pretrain_train.jsonl")),
-                      eval=str(exp.path("world", "pretrain_eval.jsonl")), max_length=64)
-    return run_pretrain(PretrainConfig(
-        data=data, model=ModelConfig(tiny=cfg.arch), vocab_size=cfg.vocab_size,
-        train=exp.train_cfg(batch_size=cfg.batch_size, max_steps=cfg.pretrain_steps, eval_every=10**9, save_every=200),
-        optim=OptimConfig(lr=3e-3, warmup_steps=20, weight_decay=0.1), out=str(exp.path("pretrain"))))
+    return runner.pretrain_stage(exp, "world", save_every=200)
 
 
 def stage_sft(exp: Exp) -> dict:
-    from rlhfkit.config import LoRAConfig
-    from rlhfkit.sft import SFTConfig, run_sft
-
-    cfg = exp.cfg
-    base = exp.results["pretrain"]["model"]
-    if cfg.sft_steps == 0:
-        return {"model": base, "skipped": "sft_steps 0: the base model is the SFT policy"}
-    data = DataConfig(train=str(exp.path("world", "sft_train.jsonl")), max_length=80, max_prompt_length=24,
-                      eval_fraction=0.05)
-    return run_sft(SFTConfig(
-        data=data, model=ModelConfig(name=base), lora=LoRAConfig(r=cfg.lora_r),
-        train=exp.train_cfg(batch_size=cfg.batch_size, max_steps=cfg.sft_steps, eval_every=10**9, save_every=100),
-        optim=OptimConfig(lr=1e-3 if cfg.base_model == "tiny" else 2e-5, warmup_steps=10),
-        out=str(exp.path("sft"))))
+    if exp.cfg.sft_steps == 0:
+        return {"model": exp.results["pretrain"]["model"], "skipped": "sft_steps 0: the base model is the SFT policy"}
+    return runner.sft_stage(exp, DataConfig(train=str(exp.path("world", "sft_train.jsonl")), max_length=80,
+                                            max_prompt_length=24, eval_fraction=0.05))
 
 
 def stage_sample(exp: Exp) -> dict:
