@@ -266,7 +266,7 @@ def train_dpo(exp: Exp, method: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
-def evaluate_policy(exp: Exp, model: Any, tok: Any, rows: list[dict], checker: Any) -> dict:
+def evaluate_profiles(exp: Exp, model: Any, tok: Any, rows: list[dict], checker: Any) -> dict:
     """One policy on the held-out prompts: eval_samples profiles each, checked; per-prompt means."""
     from rlhfkit.experiments.factuality.claims import check
 
@@ -298,7 +298,7 @@ def stage_evaluate(exp: Exp) -> dict:
     checker = _checker(exp)
     reference, tok = _load(exp.results["sft"]["model"])
     entries = [{"method": "sft", "label": "SFT", "seed": 0, "pairs": None,
-                **evaluate_policy(exp, reference, tok, rows, checker)}]
+                **evaluate_profiles(exp, reference, tok, rows, checker)}]
     for k in range(exp.cfg.seeds):
         replica = exp.replica(k)
         suffix = f" (seed {replica.cfg.seed})" if exp.cfg.seeds > 1 else ""
@@ -308,7 +308,7 @@ def stage_evaluate(exp: Exp) -> dict:
                 continue  # not trained: no pair (the findings that need it read inconclusive)
             policy, _ = _load(replica.results[method]["model"], tok)
             entries.append({"method": method, "label": label + suffix, "seed": k, "pairs": pairs,
-                            **evaluate_policy(exp, policy, tok, rows, checker)})
+                            **evaluate_profiles(exp, policy, tok, rows, checker)})
     ev = {"prompts": [r["prompt"] for r in rows], "entities": [r["entity"] for r in rows],
           "groups": [r["group"] for r in rows], "checker": checker.identity,
           "samples_per_prompt": exp.cfg.eval_samples, "methods": entries}
