@@ -40,12 +40,12 @@ def constructed_model(tmp_path_factory):
 
 
 def test_the_model_is_scored_certain_about_its_country_and_uncertain_about_its_population(constructed_model):
-    from rlhfkit.experiments.factuality.experiment import sample_texts
+    from rlhfkit.generation import sample_texts
 
     model, tok = constructed_model
 
     def answer(questions, m):
-        return sample_texts(model, tok, questions, m, 24, seed=1)[0]
+        return sample_texts(model, tok, questions, num_samples=m, max_new_tokens=24, seed=1)[0]
 
     country = Claim("Lyon is a city in France.", "Lyon", "country", "France")
     wrong_country = Claim("Lyon is a city in Spain.", "Lyon", "country", "Spain")

@@ -154,3 +154,17 @@ def decode_responses(tokenizer: Any, rollout: Rollout) -> list[str]:
             toks = toks[:-1]
         texts.append(tokenizer.decode(toks, skip_special_tokens=True))
     return texts
+
+
+def sample_texts(model: Any, tokenizer: Any, prompts: list[Any], sampling: SamplingConfig | None = None, *,
+                 num_samples: int | None = None, seed: int = 0, **fields: Any) -> tuple[list[list[str]], list[list[int]]]:
+    """K sampled response texts per prompt (`sample` on the prompts as training encodes them, same arguments) and
+    their lengths in tokens (EOS counted): (texts[prompt][k], lengths[prompt][k])."""
+    from rlhfkit.data import encode_prompt
+
+    rollout = sample(model, [encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id,
+                     tokenizer.eos_token_id, sampling, num_samples=num_samples, seed=seed, **fields)
+    texts, lengths = decode_responses(tokenizer, rollout), [int(n) for n in rollout.lengths.tolist()]
+    k = len(texts) // len(prompts) if prompts else 0
+    return ([texts[i * k:(i + 1) * k] for i in range(len(prompts))],
+            [lengths[i * k:(i + 1) * k] for i in range(len(prompts))])

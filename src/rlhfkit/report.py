@@ -4,7 +4,8 @@ The findings themselves are decided in `rlhfkit.findings` (every verdict rule li
 only as "reproduced" / "did not reproduce" / "inconclusive", each with its interval and the smallest gap the
 run could have detected. Every piece of text in the report is escaped: completions are model output and
 untrusted. Other experiments' reports (the factuality one) build their own sections and share the renderer
-(`write_document`) and the common sections (`findings_section`, `stages_section`, `command_section`). Every plot gives a method the same colour and marker (`plots.method_styles`).
+(`write_document`) and the common sections (`findings_section`, `stages_section`, `command_section`). Every
+plot gives a method the same colour and marker (`plots.method_styles`).
 """
 
 from __future__ import annotations

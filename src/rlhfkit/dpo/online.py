@@ -12,7 +12,7 @@ from rlhfkit.dpo.config import DPOConfig
 from rlhfkit.dpo.objective import encode_pairs
 from rlhfkit.dpo.offline import Setup, check_pairs_fit, finish, setup, train_round
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.generation import check_room, decode_responses, sample
+from rlhfkit.generation import check_room, sample_texts
 from rlhfkit.sampling import SamplingConfig
 from rlhfkit.tracking import Run, check_run_dir, say
 
@@ -25,12 +25,8 @@ def sample_candidates(s: Setup, prompts: list[str], round_index: int) -> list[di
     cfg = s.cfg
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               samples_per_prompt=cfg.samples_per_prompt, batch_size=64)
-    rollout = sample(s.model, [encode_prompt(s.tokenizer, p) for p in prompts], s.tokenizer.pad_token_id,
-                     s.tokenizer.eos_token_id, sampling, seed=cfg.train.seed * 1000 + round_index)
-    texts = decode_responses(s.tokenizer, rollout)
-    K = cfg.samples_per_prompt
-    return [{"prompt": p, "responses": texts[i * K : (i + 1) * K], "policy": f"round-{round_index}"}
-            for i, p in enumerate(prompts)]
+    texts, _ = sample_texts(s.model, s.tokenizer, prompts, sampling, seed=cfg.train.seed * 1000 + round_index)
+    return [{"prompt": p, "responses": t, "policy": f"round-{round_index}"} for p, t in zip(prompts, texts)]
 
 
 def label_round(s: Setup, candidates: list[dict], round_index: int, labeler: Labeler,

@@ -191,20 +191,17 @@ def _min_new(exp: Exp) -> int:
 
 
 def stage_sample(exp: Exp) -> dict:
-    from rlhfkit.data import encode_prompt, write_jsonl
-    from rlhfkit.generation import decode_responses, sample
+    from rlhfkit.data import write_jsonl
+    from rlhfkit.generation import sample_texts
 
     cfg = exp.cfg
     model, tok = _load_sft(exp)
     prompts = _prompts(exp, "train")
-    rollout = sample(model, [encode_prompt(tok, p) for p in prompts], tok.pad_token_id, tok.eos_token_id,
-                     num_samples=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                     min_new_tokens=_min_new(exp), seed=cfg.seed)
-    texts = decode_responses(tok, rollout)
-    K = cfg.samples_per_prompt
-    records = [{"prompt": p, "responses": texts[i * K:(i + 1) * K], "policy": "sft"} for i, p in enumerate(prompts)]
-    return {"candidates": write_jsonl(exp.path("candidates.jsonl"), records),
-            "mean_length": float(rollout.lengths.float().mean())}
+    texts, lengths = sample_texts(model, tok, prompts, num_samples=cfg.samples_per_prompt,
+                                  max_new_tokens=cfg.max_new_tokens, min_new_tokens=_min_new(exp), seed=cfg.seed)
+    records = [{"prompt": p, "responses": t, "policy": "sft"} for p, t in zip(prompts, texts)]
+    every = [n for ns in lengths for n in ns]
+    return {"candidates": write_jsonl(exp.path("candidates.jsonl"), records), "mean_length": sum(every) / len(every)}
 
 
 def stage_label(exp: Exp) -> dict:

@@ -128,19 +128,6 @@ def _load(path: str, tok: Any = None) -> tuple[Any, Any]:
     return load_causal_lm(ModelConfig(name=path), tokenizer=tok)
 
 
-def sample_texts(model: Any, tok: Any, prompts: list[str], k: int, max_new_tokens: int, seed: int
-                 ) -> tuple[list[list[str]], list[list[int]]]:
-    """k sampled responses per prompt (temperature 1) and their lengths in tokens (EOS counted)."""
-    from rlhfkit.data import encode_prompt
-    from rlhfkit.generation import decode_responses, sample
-
-    rollout = sample(model, [encode_prompt(tok, p) for p in prompts], tok.pad_token_id, tok.eos_token_id,
-                     num_samples=k, max_new_tokens=max_new_tokens, seed=seed)
-    texts, lengths = decode_responses(tok, rollout), rollout.response_mask.sum(1).tolist()
-    return ([texts[i * k:(i + 1) * k] for i in range(len(prompts))],
-            [[int(n) for n in lengths[i * k:(i + 1) * k]] for i in range(len(prompts))])
-
-
 # --------------------------------------------------------------------------------------------------- stages
 def stage_world(exp: Exp) -> dict:
     from rlhfkit.experiments.factuality.world import build_world
@@ -162,12 +149,13 @@ def stage_sft(exp: Exp) -> dict:
 def stage_sample(exp: Exp) -> dict:
     """K profiles per training prompt from the SFT policy."""
     from rlhfkit.data import write_jsonl
+    from rlhfkit.generation import sample_texts
 
     cfg = exp.cfg
     model, tok = _load(exp.results["sft"]["model"])
     rows = _prompts(exp, "train")
-    texts, _ = sample_texts(model, tok, [r["prompt"] for r in rows], cfg.samples_per_prompt, cfg.max_new_tokens,
-                            cfg.seed)
+    texts, _ = sample_texts(model, tok, [r["prompt"] for r in rows], num_samples=cfg.samples_per_prompt,
+                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     records = [{**r, "responses": t} for r, t in zip(rows, texts)]
     return {"candidates": write_jsonl(exp.path("candidates.jsonl"), records)}
 
@@ -178,6 +166,7 @@ def stage_score(exp: Exp) -> dict:
     from rlhfkit.data import write_jsonl
     from rlhfkit.experiments.factuality.claims import check
     from rlhfkit.experiments.factuality.scores import mc_scores
+    from rlhfkit.generation import sample_texts
     from rlhfkit.stats import mean_ci
 
     cfg = exp.cfg
@@ -189,7 +178,8 @@ def stage_score(exp: Exp) -> dict:
     model, tok = _load(exp.results["sft"]["model"])
 
     def answer(questions: list[str], m: int) -> list[list[str]]:
-        return sample_texts(model, tok, questions, m, cfg.mc_max_new_tokens, cfg.seed + 7)[0]
+        return sample_texts(model, tok, questions, num_samples=m, max_new_tokens=cfg.mc_max_new_tokens,
+                            seed=cfg.seed + 7)[0]
 
     mc, per_claim = mc_scores(checker, [[c.claim for c in ch.claims] for ch in checked], answer, cfg.mc_samples)
     records, i = [], 0
@@ -269,10 +259,12 @@ def train_dpo(exp: Exp, method: str) -> dict:
 def evaluate_profiles(exp: Exp, model: Any, tok: Any, rows: list[dict], checker: Any) -> dict:
     """One policy on the held-out prompts: eval_samples profiles each, checked; per-prompt means."""
     from rlhfkit.experiments.factuality.claims import check
+    from rlhfkit.generation import sample_texts
 
     cfg = exp.cfg
     k = cfg.eval_samples
-    texts, lengths = sample_texts(model, tok, [r["prompt"] for r in rows], k, cfg.max_new_tokens, cfg.seed + 1)
+    texts, lengths = sample_texts(model, tok, [r["prompt"] for r in rows], num_samples=k,
+                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
     checked = check(checker, [r["entity"] for r in rows for _ in range(k)], [t for ts in texts for t in ts])
     per = {key: [] for key in ("correct", "incorrect", "unverifiable", "claims", "share_correct", "abstained",
                                "length")}
