@@ -97,7 +97,7 @@ def packed_token_logprobs(model: Any, batch: PrefixBatch) -> tuple[torch.Tensor,
     lse = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(max(1, 1024 // B), dim=1)],
                     dim=1)  # (B, K)
     cols = (batch.score_cols - first).clamp(min=0)  # (G, B, L) into the kept columns
-    rows = torch.arange(B, device=cols.device)[None, :, None].expand_as(cols)
+    rows = batch.rows[None, :, None].expand_as(cols)  # (G, B, L): the row holding each group
     picked = logits[rows, cols, batch.targets].float()  # (G, B, L)
     logps = picked - lse[rows, cols]
     return logps * batch.loss_mask, batch.loss_mask

@@ -44,6 +44,7 @@ class PrefixBatch:
     loss_mask: torch.Tensor
     last_cols: torch.Tensor
     lengths: torch.Tensor
+    rows: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -106,7 +107,8 @@ def pack_groups(groups: list[list[Encoded]], pad_id: int) -> PrefixBatch:
             targets[g, b, :k] = torch.tensor(e.input_ids[1:])
             loss_mask[g, b, :k] = torch.tensor(e.loss_mask[1:])
             last_cols[g, b], lengths[g, b] = cols[b][g][-1], k + 1
-    return PrefixBatch(input_ids, position_ids, seg_t, score_cols, targets, loss_mask, last_cols, lengths)
+    return PrefixBatch(input_ids, position_ids, seg_t, score_cols, targets, loss_mask, last_cols, lengths,
+                       torch.arange(B))
 
 
 def attention_bias(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -70,7 +70,7 @@ def packed_rewards(model: Any, batch: PrefixBatch) -> torch.Tensor:
     response's last token. -> (G, B) float32 (entries of absent sides are meaningless; see batch.lengths)."""
     trunk = getattr(model, model.base_model_prefix)
     hidden = packed_hidden_states(trunk, batch)  # (B, T, H)
-    rows = torch.arange(hidden.shape[0], device=hidden.device)[None, :].expand_as(batch.last_cols)  # (G, B)
+    rows = batch.rows[None, :].expand_as(batch.last_cols)  # (G, B): the row holding each group
     return model.score(hidden[rows, batch.last_cols])[..., 0].float()  # (G, B)
 
 
