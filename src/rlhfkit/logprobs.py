@@ -31,7 +31,7 @@ import torch
 
 from rlhfkit import ops
 from rlhfkit.data.collate import TokenBatch
-from rlhfkit.data.packing import PrefixBatch, attention_bias
+from rlhfkit.data.packing import PrefixBatch
 from rlhfkit.sampling import Rollout, constrain_logits
 
 
@@ -79,7 +79,7 @@ def batch_sequence_logprobs(model: Any, batch: TokenBatch | PrefixBatch) -> torc
 def packed_hidden_states(model: Any, batch: PrefixBatch) -> torch.Tensor:
     """(B, T, H) last hidden states of a packed batch; `model` is a base model (no LM or score head)."""
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                attention_mask=attention_bias(batch.segments, _dtype(model)), use_cache=False)
+                attention_mask=batch.attention_bias(_dtype(model)), use_cache=False)
     return out.last_hidden_state
 
 
@@ -92,7 +92,7 @@ def packed_token_logprobs(model: Any, batch: PrefixBatch) -> tuple[torch.Tensor,
     first = int(batch.score_cols[batch.loss_mask.bool()].min()) if batch.loss_mask.any() else 0
     keep = batch.input_ids.shape[1] - first
     logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, logits_to_keep=keep,
-                   attention_mask=attention_bias(batch.segments, _dtype(model)), use_cache=False).logits  # (B, K, V)
+                   attention_mask=batch.attention_bias(_dtype(model)), use_cache=False).logits  # (B, K, V)
     B, K, V = logits.shape
     lse = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(max(1, 1024 // B), dim=1)],
                     dim=1)  # (B, K)

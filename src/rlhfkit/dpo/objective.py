@@ -54,10 +54,11 @@ def shares_first_token(pair: Pair) -> bool:
 
 
 def collate_pairs(pairs: list[Pair], pad_id: int, shared_prefix: bool = False) -> TokenBatch | PrefixBatch:
-    """(2B, T) batch: chosen in rows [0, B), rejected in rows [B, 2B); or, shared_prefix, a PrefixBatch of B
-    rows (chosen side 0, rejected side 1). extras["ref_logps"] (2B,) chosen first, when cached."""
+    """(2B, T) batch: chosen in rows [0, B), rejected in rows [B, 2B); or, shared_prefix, a padding-free
+    PrefixBatch of B pairs (chosen side 0, rejected side 1; the prompt once per pair, pairs sharing rows no wider
+    than the widest pair). extras["ref_logps"] (2B,) chosen first, when cached."""
     if shared_prefix:
-        batch = pack_groups([[p.chosen, p.rejected] for p in pairs], pad_id)
+        batch = pack_groups([[p.chosen, p.rejected] for p in pairs], pad_id, row_tokens=0)
     else:
         batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
     if all(p.ref_logps is not None for p in pairs):

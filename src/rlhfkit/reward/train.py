@@ -66,10 +66,11 @@ def collate_groups(groups: Sequence[Group], pad_id: int, shared_prefix: bool = F
     """Flatten groups into one right-padded TokenBatch (N = sum of K, T); extras give each row's group index,
     its position within the group (0 = first, best), its rank (0 = best; tied responses share one) and its
     score (nan when absent), all (N,).
-    shared_prefix: one PrefixBatch row per group instead (prompt once, then its K responses); extras["rank"]
-    and extras["score"] are then (B, K) best-first tables (rank K and nan where a group has no response)."""
+    shared_prefix: a padding-free PrefixBatch instead (each group's prompt once, then its K responses; groups
+    share rows no wider than the widest group); extras["rank"] and extras["score"] are then (B, K) best-first
+    tables (rank K and nan where a group has no response)."""
     if shared_prefix:
-        batch = pack_groups([g.examples for g in groups], pad_id)
+        batch = pack_groups([g.examples for g in groups], pad_id, row_tokens=0)
         K = batch.lengths.shape[0]
         batch.extras["rank"] = torch.tensor(
             [[g.ranks[k] if k < len(g.ranks) else K for k in range(K)] for g in groups])  # (B, K)
