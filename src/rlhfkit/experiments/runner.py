@@ -181,6 +181,22 @@ def plan(recipe: Recipe[C], cfg: C) -> list[Stage]:
     return shared + replicated + final + [(0, "report", partial(stage_report, recipe=recipe))]
 
 
+def machine_scaled(table: Mapping[str, float], threads: int | None) -> dict[str, float]:
+    """The recipe's seconds per stage (measured on the developers' machine) scaled to this machine's measured
+    matmul rate (`rlhfkit.speed`) with the stages' thread count, with one line saying so; for the ETA line only."""
+    import torch
+
+    from rlhfkit.speed import REFERENCE_GFLOPS, matmul_gflops, scale_estimates, speed_factor
+
+    if threads:
+        torch.set_num_threads(threads)  # what every stage sets (rlhfkit.loop)
+    gflops = matmul_gflops()
+    factor = speed_factor(gflops)
+    say(f"this machine: {gflops:.0f} GFLOP/s fp32 matmul ({torch.get_num_threads()} threads); stage estimates "
+        f"x{factor:.2f} of the {REFERENCE_GFLOPS:.0f} GFLOP/s machine they were measured on")
+    return scale_estimates(table, factor)
+
+
 def stage_estimates(table: Mapping[str, float], stages: Sequence[Stage]) -> dict[str, float]:
     # stages the table does not name are the per-method training runs, which all cost about the same
     return {name: table.get(name, table["method"]) for _, name, _ in stages}
@@ -220,7 +236,7 @@ def run(recipe: Recipe[C], cfg: C) -> dict:
             (out / "stages" / f"{stage}.json").unlink(missing_ok=True)
     config_lib.save(cfg, out / "config.yaml")
     stages = plan(recipe, cfg)
-    exp = Experiment(cfg, out, stage_estimates(recipe.estimates(cfg), stages))
+    exp = Experiment(cfg, out, stage_estimates(machine_scaled(recipe.estimates(cfg), cfg.threads), stages))
     run_stages(exp, stages)
     total = sum(r.get("seconds", 0.0) for r in exp.results.values())
     return {**exp.results["report"], "total_seconds": total, "dir": str(out)}
