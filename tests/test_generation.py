@@ -73,6 +73,6 @@ def test_draw_samples_the_softmax_and_never_a_zero_probability_token():
     """Inverse-CDF sampling: frequencies of 40,000 draws match the probabilities (0.01 is 4 standard errors);
     tokens of probability 0 (here first and last, the edges of the CDF) are never drawn."""
     probs = torch.tensor([0.0, 0.5, 0.3, 0.2, 0.0])
-    tok = _draw(probs.log().expand(40_000, 5), torch.Generator().manual_seed(0))  # (40000,)
+    tok = _draw(probs.log().expand(40_000, 5), torch.rand(40_000, generator=torch.Generator().manual_seed(0)))
     freq = torch.bincount(tok, minlength=5).float() / 40_000
     assert freq[0] == 0 and freq[4] == 0 and (freq - probs).abs().max() < 0.01

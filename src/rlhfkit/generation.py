@@ -7,12 +7,28 @@ prompt are consecutive rows (the group layout RLOO/GRPO baselines expect).
 What is sampled is `rlhfkit.sampling.constrain_logits` (temperature, EOS forbidden before min_new_tokens,
 top-p), configured by one `SamplingConfig`; the Rollout's `logprobs` are its renormalised log-probs. Scoring a
 rollout under a model (KL, PPO) is `rlhfkit.logprobs`' job, which applies the same constraint.
+
+The sampler seam: whatever produces rollouts for training is a `Sampler` -- `sample(prompts, sampling, seed)
+-> Rollout`, `load_weights(model)` to receive the policy's weights after each update, and `exact_logprobs`.
+`TorchSampler` (the default) runs `sample` below on the training module itself, so it has nothing to load,
+and its log-probs are those of the same weights in the same precision as the training forward: with one PPO
+epoch and no value head the RL step uses them as the old log-probs instead of a second policy forward. A vLLM
+(or other inference-engine) sampler for GPU users fits the same three members: its `sample` maps
+SamplingConfig onto the engine's sampling parameters (temperature, min_tokens, top_p, n = samples_per_prompt,
+seed) and the engine's output onto the Rollout layout above, its `load_weights` copies the policy's state
+dict into the engine, and `exact_logprobs` is False (other kernels and precision: the step then recomputes
+old log-probs with the training forward). Not built here: vLLM is not a dependency.
+
+Speed (CPU, `bench/bench_generate.py`): a static KV cache (transformers' StaticCache) of P + A columns, one
+attention mask over those columns whose future columns are switched on as tokens arrive, the prefill's LM
+head on its last column only, all uniforms of a batch drawn up front, and no per-step allocation that can be
+hoisted.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import torch
 
@@ -39,51 +55,87 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def _draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row (N,) from softmax(logits) (N, V): the first token whose CDF exceeds u * total, u uniform.
+def _draw(logprobs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One token per row (N,) from the categorical exp(logprobs) (N, V): the first token whose CDF exceeds
+    u * total, u (N,) uniforms in [0, 1).
 
-    Exact inverse-CDF sampling. torch.multinomial on the CPU took ~16 ms for 256 x 4096 per step (a fifth of
-    evaluation time); this takes ~1 ms, and only the (N, 1) uniforms come from the CPU generator, so the
-    probabilities stay on the model's device. A token of probability 0 (forbidden EOS, outside top-p) is a flat
-    step of the CDF and is never drawn; u < 1 in float32 keeps u * total below the last CDF value.
+    Exact inverse-CDF sampling, the CDF summed in float64. torch.multinomial on the CPU took ~16 ms for
+    256 x 4096 per step (a fifth of evaluation time); this takes ~1 ms, and only the uniforms come from the CPU
+    generator, so the probabilities stay on the model's device. A token of probability 0 (forbidden EOS, outside
+    top-p) is a flat step of the CDF and is never drawn; u < 1 in float32 keeps u * total below the last value.
     """
-    cdf = logits.softmax(-1).double().cumsum(-1)  # (N, V)
-    u = torch.rand(logits.shape[0], 1, generator=generator).to(cdf)  # (N, 1) in [0, 1)
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)  # (N,)
+    cdf = logprobs.exp().cumsum(-1, dtype=torch.float64)  # (N, V)
+    return torch.searchsorted(cdf, u.to(cdf)[:, None] * cdf[:, -1:], right=True).squeeze(-1)  # (N,)
+
+
+def _check_every(device: torch.device) -> int:
+    """Steps between 'has every row ended?' checks. On the CPU the check is free; on an accelerator it is a
+    host sync that stalls the queue, so it runs every 8 steps (steps after the last EOS only write padding and
+    are cut off, so the Rollout is the same either way)."""
+    return 1 if device.type == "cpu" else 8
+
+
+def _takes_additive_mask(config: Any) -> bool:
+    """Whether every layer of the model attends through a 4D additive mask, which transformers then uses as
+    given: full attention (no sliding window) under eager or sdpa. Otherwise (flash attention, sliding layers)
+    the sampler passes the 2D mask and transformers builds each step's mask."""
+    config = config.get_text_config(decoder=True)
+    layer_types = getattr(config, "layer_types", None) or []
+    sliding = getattr(config, "sliding_window", None) is not None and not layer_types
+    return (config._attn_implementation in ("eager", "sdpa") and not sliding
+            and all(t == "full_attention" for t in layer_types))
 
 
 @torch.no_grad()
 def _sample_chunk(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int, cfg: SamplingConfig,
-                  generator: torch.Generator) -> Rollout:
+                  generator: torch.Generator, check_every: int | None = None) -> Rollout:
+    """Sample one batch of N prompts (see `sample`): a prefill, then one forward per new token.
+
+    Nothing grows or is rebuilt per step: a static KV cache of P + A columns, one attention mask over all
+    P + A columns whose future columns are masked and switched on as tokens arrive (a 4D additive mask the
+    model uses as given, where it can; see `_takes_additive_mask`), the (A, N) uniforms drawn up front, tokens
+    and log-probs written into preallocated (N, A) tensors. The prefill runs the LM head on its last column only.
+    """
+    from transformers import StaticCache
+
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
-    ids, attn = prompt_ids.to(device), prompt_mask.to(device)
-    N = ids.shape[0]
-    out = model(input_ids=ids, attention_mask=attn, position_ids=positions(attn), use_cache=True)
-    cache, logits = out.cache, out.logits[:, -1]  # (N, V)
-    pos = positions(attn)[:, -1]  # (N,)
-    done = torch.zeros(N, dtype=torch.bool, device=device)
-    tokens, logps, live = [], [], []
-    constraint = cfg.constraint(eos_id)
-    for step in range(cfg.max_new_tokens):
+    (N, P), A = prompt_ids.shape, cfg.max_new_tokens
+    uniforms = torch.rand(A, N, generator=generator).to(device)  # (A, N): step t draws uniforms[t]
+    attn = torch.zeros(N, P + A, dtype=torch.long, device=device)  # (N, P + A), future columns 0
+    attn[:, :P] = prompt_mask.to(device)
+    pos = positions(attn[:, :P])  # (N, P)
+    cache = StaticCache(config=model.config, max_cache_len=P + A)
+    logits = model(input_ids=prompt_ids.to(device), attention_mask=attn, position_ids=pos, cache=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1]  # (N, V)
+    pos = pos[:, -1:]  # (N, 1)
+    mask = attn
+    if _takes_additive_mask(model.config):  # (N, 1, 1, P + A): 0 where attended, the dtype's min elsewhere
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(N, 1, 1, P + A, dtype=dtype, device=device).masked_fill(
+            attn[:, None, None, :] == 0, torch.finfo(dtype).min)
+    tokens = torch.full((N, A), pad_id, dtype=torch.long, device=device)  # (N, A)
+    logps = torch.zeros(N, A, device=device)  # (N, A)
+    live = torch.zeros(N, A, dtype=torch.bool, device=device)  # (N, A)
+    done = torch.zeros(N, dtype=torch.bool, device=device)  # (N,)
+    constraint, every = cfg.constraint(eos_id), check_every or _check_every(device)
+    for step in range(A):
         logits = constrain_logits(logits.float(), step, **constraint)  # (N, V)
-        tok = _draw(logits, generator) if cfg.temperature > 0 else logits.argmax(-1)  # (N,)
-        logp = logits.log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)  # (N,) renormalised under the constraint
-        live.append(~done)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        tokens.append(tok)
-        logps.append(torch.where(done, torch.zeros_like(logp), logp))
-        done = done | (tok == eos_id)
-        if bool(done.all()):
+        logprobs = logits.log_softmax(-1)  # (N, V) renormalised under the constraint
+        tok = _draw(logprobs, uniforms[step]) if cfg.temperature > 0 else logits.argmax(-1)  # (N,)
+        live[:, step] = ~done
+        tokens[:, step] = tok.masked_fill(done, pad_id)
+        logps[:, step] = logprobs.gather(-1, tok[:, None]).squeeze(-1).masked_fill(done, 0.0)
+        done |= tok == eos_id
+        if step == A - 1 or ((step + 1) % every == 0 and bool(done.all())):
             break
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        mask[..., P + step] = 1 if mask is attn else 0  # the new token's column joins the context
         pos = pos + 1
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos[:, None], cache=cache,
-                    use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1]
-    response_mask = torch.stack(live, 1).long()  # (N, A)
-    return Rollout(prompt_ids, prompt_mask, torch.stack(tokens, 1).cpu(), response_mask.cpu(),
-                   torch.stack(logps, 1).cpu(), done.cpu())
+        logits = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, cache=cache,
+                       use_cache=True).logits[:, -1]  # (N, V)
+    width = int(live.any(0).sum())  # columns up to the step where the last row ended
+    return Rollout(prompt_ids, prompt_mask, tokens[:, :width].cpu(), live[:, :width].long().cpu(),
+                   logps[:, :width].cpu(), done.cpu())
 
 
 def _pad_cat(tensors: list[torch.Tensor], value: float, left: bool = False) -> torch.Tensor:
@@ -143,6 +195,39 @@ def sample(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int, sampl
         _pad_cat([c.logprobs for c in chunks], 0.0),
         torch.cat([c.ended for c in chunks]),
     )
+
+
+class Sampler(Protocol):
+    """What produces rollouts for training (see the module docstring)."""
+
+    exact_logprobs: bool
+    """True when Rollout.logprobs equal the training forward's log-probs to float rounding (same weights, same
+    precision, same `constrain_logits`), so an RL step may use them as its old log-probs."""
+
+    def sample(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int) -> Rollout:
+        """K = sampling.samples_per_prompt completions per prompt (token lists), as `sample` lays them out."""
+        ...
+
+    def load_weights(self, model: Any) -> None:
+        """Take the policy's current weights (an RL step calls this after its updates, before the next rollout)."""
+        ...
+
+
+@dataclass
+class TorchSampler:
+    """The default `Sampler`: `sample` on the policy module itself (it sees every update as it happens, so
+    `load_weights` has nothing to copy)."""
+
+    model: Any
+    pad_id: int
+    eos_id: int
+    exact_logprobs: bool = True
+
+    def sample(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int) -> Rollout:
+        return sample(self.model, prompts, self.pad_id, self.eos_id, sampling, seed=seed)
+
+    def load_weights(self, model: Any) -> None:
+        self.model = model
 
 
 def decode_responses(tokenizer: Any, rollout: Rollout) -> list[str]:

@@ -1,6 +1,15 @@
 """One PPO step, in the paper's order (see the package docstring):
 
     respond -> reference log-probs -> score -> shape rewards -> advantages -> K epochs of updates -> update beta
+
+Old log-probs without a policy forward: with one PPO epoch, no value head (RLOO, GRPO) and a sampler whose
+log-probs are exact (`Sampler.exact_logprobs`: the default TorchSampler), the rollout's own log-probs are the
+old log-probs -- the same weights and the same constrained distribution, computed incrementally with a KV cache
+instead of in one pass, so they agree to the rounding of the model's dtype (~5e-7 in fp32) and the first
+minibatch's ratio is 1 to that rounding instead of bit for bit -- and the step skips `policy_logprobs`. The
+entropy it logged then comes from the training forwards of the (only) epoch: each minibatch's at the weights it
+is trained at, i.e. after j updates for the j-th (identical with one minibatch). PPO with a value head (old
+values are needed) or several epochs keeps the old-log-prob pass.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rlhfkit import ops, rl
-from rlhfkit.generation import Rollout, decode_responses, sample
+from rlhfkit.generation import Rollout, Sampler, TorchSampler, decode_responses
 from rlhfkit.logprobs import Reference
 from rlhfkit.ppo.advantages import compute_advantages
 from rlhfkit.ppo.config import PPOConfig
@@ -50,6 +59,11 @@ class Trainer:
     prompt_texts: list[str]
     ptx_batches: Iterator | None = None
     prompt_where: list[tuple[str, int]] | None = None  # each prompt's (file, line), named if its reward is NaN
+    sampler: Sampler | None = None  # what samples rollouts; None: a TorchSampler on the policy itself
+
+    def __post_init__(self) -> None:
+        if self.sampler is None:
+            self.sampler = TorchSampler(self.inner.policy, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
 
     @property
     def inner(self) -> PolicyWithValue:
@@ -68,8 +82,24 @@ def step_prompts(tr: Trainer, step: int) -> list[int]:
 def respond(tr: Trainer, rows: list[int], step: int) -> Rollout:
     c, acc = tr.cfg, tr.accelerator
     seed = c.train.seed * 1_000_003 + step * acc.num_processes + acc.process_index
-    return sample(tr.inner.policy, [tr.prompts[i] for i in rows], tr.tokenizer.pad_token_id,
-                  tr.tokenizer.eos_token_id, c.sampling, seed=seed)
+    return tr.sampler.sample([tr.prompts[i] for i in rows], c.sampling, seed)
+
+
+def reuses_rollout_logprobs(tr: Trainer) -> bool:
+    """Are the rollout's log-probs the old log-probs? One epoch (the policy is trained once, at the weights that
+    sampled), no value head (no old values to compute) and exact sampler log-probs (see the module docstring)."""
+    return tr.cfg.ppo_epochs == 1 and tr.inner.value_head is None and tr.sampler.exact_logprobs
+
+
+def old_logprobs(tr: Trainer, rollout: Rollout, chunks: list[torch.Tensor]) -> tuple:
+    """(old log-probs (N, A), old values (N, A) or None, entropy (N, A) or None, the kept first forward or
+    None). entropy None: the training forwards fill it (`train_epochs(entropy_out=...)`)."""
+    c, device = tr.cfg, tr.accelerator.device
+    if reuses_rollout_logprobs(tr):
+        return rollout.logprobs.to(device), None, None, None
+    # the kept first forward would interleave with the ptx forward under DDP; with ptx on it is recomputed
+    return policy_logprobs(tr.module, rollout, chunks, c.temperature, device, tr.ptx_batches is None,
+                           c.min_new_tokens, tr.tokenizer.eos_token_id)
 
 
 def score(tr: Trainer, rows: list[int], rollout: Rollout) -> torch.Tensor:
@@ -92,10 +122,8 @@ def ppo_step(tr: Trainer, step: int) -> dict[str, float]:
     t1 = time.time()
     N, mask = rollout.response_ids.shape[0], rollout.response_mask.to(device)
     epochs = [minibatches(N, c.minibatch_size, c.train.seed * 7919 + step * 131 + k) for k in range(c.ppo_epochs)]
-    # the kept first forward would interleave with the ptx forward under DDP; with ptx on it is recomputed
     eos = tr.tokenizer.eos_token_id  # every log-prob below is under the sampling distribution: EOS forbidden early
-    old_logps, old_values, ent, first = policy_logprobs(tr.module, rollout, epochs[0], c.temperature, device,
-                                                        tr.ptx_batches is None, c.min_new_tokens, eos)
+    old_logps, old_values, ent, first = old_logprobs(tr, rollout, epochs[0])
     ref_logps = reference_logprobs(tr.inner, tr.reference, rollout, epochs[0], c.temperature, device,
                                    c.min_new_tokens, eos)  # 2.
     t2 = time.time()
@@ -108,9 +136,12 @@ def ppo_step(tr: Trainer, step: int) -> dict[str, float]:
                                              c.lam, c.whiten_advantages)  # 5. advantages
     exp = Experience(rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
                      rollout.response_ids.shape[1], mask, old_logps, old_values, advantages, returns, eos)
+    entropy_out = torch.zeros_like(old_logps) if ent is None else None  # (N, A) from the training forwards
     history = train_epochs(tr.module, tr.optimizer, acc, exp, epochs, c, tr.cfg.optim.max_grad_norm,
-                           tr.ptx_batches, first)  # 6. K epochs of minibatch updates
+                           tr.ptx_batches, first, entropy_out)  # 6. K epochs of minibatch updates
+    ent = entropy_out if ent is None else ent
     tr.scheduler.step()
+    tr.sampler.load_weights(tr.inner.policy)  # a no-op for the TorchSampler, a weight copy for an engine
     t4 = time.time()
     seq_kl = ops.masked_sum(rl.kl_penalty(old_logps, ref_logps, c.kl.estimator), mask, dim=-1)  # (N,)
     kl, mean_score = _global_mean(acc, seq_kl), _global_mean(acc, raw_scores)

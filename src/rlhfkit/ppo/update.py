@@ -37,15 +37,20 @@ class Experience:
     eos_id: int | None = None  # forbidden at response steps < cfg.min_new_tokens in every training forward
 
 
+def training_forward(module: Any, exp: Experience, idx: torch.Tensor, cfg: PPOConfig) -> tuple:
+    """The rows `idx` through the policy (with autograd): (logprobs (b, A), values (b, A) or None, per-token
+    entropy (b, A) detached), under the sampling distribution."""
+    return module(exp.input_ids[idx], exp.attention_mask[idx], exp.P, exp.A, cfg.temperature, cfg.min_new_tokens,
+                  exp.eos_id)
+
+
 def minibatch_loss(module: Any, exp: Experience, idx: torch.Tensor, cfg: PPOConfig, forward: tuple | None = None
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped policy loss (+ vf_coef * clipped value loss) on the rows `idx`, token-averaged.
-    forward: this minibatch's (logprobs, values) when already computed with their graph (see policy_logprobs)."""
+    forward: this minibatch's (logprobs, values) when already computed with their graph (see policy_logprobs,
+    `training_forward`)."""
     mask = exp.mask[idx]  # (b, A)
-    if forward is None:
-        forward = module(exp.input_ids[idx], exp.attention_mask[idx], exp.P, exp.A, cfg.temperature,
-                         cfg.min_new_tokens, exp.eos_id)[:2]
-    logps, values = forward
+    logps, values = (forward or training_forward(module, exp, idx, cfg))[:2]
     pg, metrics = losses.ppo_policy_loss(logps, exp.old_logprobs[idx], exp.advantages[idx], mask, cfg.clip_range)
     policy_loss = ops.masked_mean(pg, mask)
     metrics = dict(metrics, **{"ppo/policy_loss": policy_loss.detach(),
@@ -70,10 +75,13 @@ def ptx_loss(module: Any, batch: Any) -> torch.Tensor:
 
 def train_epochs(module: Any, optimizer: Any, accelerator: Any, exp: Experience, epochs: list[list[torch.Tensor]],
                  cfg: PPOConfig, max_grad_norm: float | None, ptx_batches: Iterator | None = None,
-                 first_forward: tuple | None = None) -> list[dict[str, float]]:
+                 first_forward: tuple | None = None, entropy_out: torch.Tensor | None = None
+                 ) -> list[dict[str, float]]:
     """K epochs of minibatch updates; `epochs[k]` lists epoch k's minibatch rows. Returns per-update metrics
-    (the first entry is the first minibatch, where the ratio must be exactly 1). first_forward: the first
-    minibatch's forward kept from the old-log-prob pass (None: recompute it)."""
+    (the first entry is the first minibatch, where the ratio must be 1). first_forward: the first minibatch's
+    forward kept from the old-log-prob pass (None: recompute it). entropy_out: an (N, A) tensor that receives
+    the per-token entropy of the first epoch's training forwards (each row once), for a step that had no
+    old-log-prob pass to take it from; the rows of a supplied first_forward are left as they are."""
     history = []
     for k, chunks in enumerate(epochs):
         for j, idx in enumerate(chunks):
@@ -82,7 +90,11 @@ def train_epochs(module: Any, optimizer: Any, accelerator: Any, exp: Experience,
                 with accelerator.no_sync(module):  # grads accumulate; the PPO backward below syncs them
                     lm = ptx_loss(module, next(ptx_batches).to(exp.input_ids.device))
                     accelerator.backward(cfg.ptx.coef * lm)
-            loss, metrics = minibatch_loss(module, exp, idx, cfg, first_forward if k == j == 0 else None)
+            kept = first_forward if k == j == 0 else None
+            forward = kept or training_forward(module, exp, idx, cfg)
+            if entropy_out is not None and k == 0 and kept is None:
+                entropy_out[idx] = forward[2]  # (b, A), detached
+            loss, metrics = minibatch_loss(module, exp, idx, cfg, forward)
             if not torch.isfinite(loss):
                 raise TrainingDiverged("non-finite PPO loss; lower --optim.lr or check the reward scale")
             accelerator.backward(loss)

@@ -1,0 +1,128 @@
+"""Sampling throughput: rlhfkit's sampler (`rlhfkit.generation.sample`) vs transformers' `model.generate`.
+
+    OMP_WAIT_POLICY=PASSIVE python bench/bench_generate.py [--threads 2] [--repeats 9] [--batch 16]
+                                                           [--prompt-len 64] [--new-tokens 64]
+
+Model: a randomly initialised Llama (seed 0): hidden 256, 8 layers, 4 heads, MLP 688, vocabulary 8192, tied
+embeddings, sdpa, fp32 -- 8,425,728 parameters (6,328,576 outside the embedding). Prompts: `--batch` random
+token sequences of `--prompt-len` tokens (no padding). Both sides sample from the model's own distribution
+(temperature 1, no top-k, no top-p) with min_new_tokens = max_new_tokens, so EOS is forbidden until the end and
+both make exactly batch x new-tokens tokens per call; `generate` gets `do_sample=True` and the same
+`pad/eos` ids.
+
+Both sides run in one process on the same model, alternating A B A B (`--repeats` calls each, after one
+warmup call each), so drifts in how busy the shared machine is hit both alike; the 1-minute load average is
+recorded before every call. Figures: new tokens per second of wall time (median over calls, with min and
+max), new tokens per CPU-second of the process (less sensitive to other processes), the paired ratio (median
+of per-repeat ratios of neighbouring calls), and the fp32 `torch.mm` roofline of the same threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+def build_model():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=256, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=4,
+                         intermediate_size=688, vocab_size=8192, max_position_embeddings=512,
+                         tie_word_embeddings=True, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def sides(model, prompts: list[list[int]], new_tokens: int) -> dict:
+    """name -> a call that samples len(prompts) x new_tokens tokens."""
+    import torch
+
+    from rlhfkit.generation import sample
+
+    ids = torch.tensor(prompts)  # (B, P), no padding
+    attn = torch.ones_like(ids)
+
+    def hf():
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=attn, do_sample=True, max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, temperature=1.0, top_k=None, top_p=None, pad_token_id=PAD,
+                           eos_token_id=EOS)
+
+    def rlhfkit():
+        sample(model, prompts, PAD, EOS, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+               batch_size=len(prompts), seed=0)
+
+    return {"rlhfkit": rlhfkit, "transformers_generate": hf}
+
+
+def measure(calls: dict, repeats: int, tokens: int) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()  # warmup
+    for r in range(repeats):
+        for name, call in calls.items():
+            load = common.load_average()["load1"]
+            wall, cpu = time.perf_counter(), time.process_time()
+            call()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            runs[name].append({"tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu, "load1": load})
+            print(f"  repeat {r + 1}/{repeats} {name}: {tokens / wall:.0f} tokens/s, load {load:.2f}",
+                  file=sys.stderr, flush=True)
+    return runs
+
+
+def summary_row(name: str, runs: list[dict]) -> dict:
+    rates = [r["tokens_per_s"] for r in runs]
+    loads = [r["load1"] for r in runs]
+    return {"side": name, "tokens_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
+            "tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in runs),
+            "load1_range": [min(loads), max(loads)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--batch", type=int, default=16, help="sequences sampled per call")
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    roofline = common.roofline(args.threads)
+    model = build_model()
+    n_params = sum(p.numel() for p in model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    prompts = torch.randint(3, model.config.vocab_size, (args.batch, args.prompt_len), generator=generator).tolist()
+    tokens = args.batch * args.new_tokens
+    runs = measure(sides(model, prompts, args.new_tokens), args.repeats, tokens)
+    rows = [summary_row(name, r) for name, r in runs.items()]
+    common.print_table(rows, ["side", "tokens_per_s", "min", "max", "tokens_per_cpu_s", "load1_range"])
+    ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    paired = statistics.median(a["tokens_per_s"] / b["tokens_per_s"]
+                               for a, b in zip(runs["rlhfkit"], runs["transformers_generate"]))
+    cpu_ratio = rows[0]["tokens_per_cpu_s"] / rows[1]["tokens_per_cpu_s"]
+    print(f"\nrlhfkit sampler / transformers generate: {ratio:.2f}x tokens/s by medians, {paired:.2f}x paired, "
+          f"{cpu_ratio:.2f}x per CPU-second ({n_params:,} parameters, {args.batch} x {args.prompt_len} prompt "
+          f"tokens, {args.new_tokens} new tokens, {args.threads} thread(s), roofline "
+          f"{roofline['gflops']:.0f} GFLOP/s)")
+    path = common.write_result("generate", {
+        "params": vars(args), "model_params": n_params, "roofline_gflops": roofline["gflops"], "runs": runs,
+        "summary": rows, "speedup_tokens_per_s": ratio, "speedup_paired": paired, "speedup_cpu": cpu_ratio})
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    if not common.child_main({}):
+        main()
