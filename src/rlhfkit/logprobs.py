@@ -10,6 +10,10 @@ Three batch shapes reach a log-prob, each with one function here:
 columns instead: there the token t-1 of a side is not the column before t). Only the positions that score a
 response go through the LM head (`logits_to_keep`), so prompt tokens never reach it.
 
+Each function has two paths that agree to fp32 rounding: the chunked LM head (`rlhfkit.lmhead`: final hidden
+states, then log-probs of the scored positions only, a chunk at a time, no (rows, positions, V) logits in
+memory), where `lmhead.head_for` allows it, and the plain one (the model's logits, then `ops.token_logprobs`).
+
 Rollout log-probs are those of the distribution the samples came from (`rlhfkit.sampling.constrain_logits`:
 temperature, EOS forbidden before min_new_tokens, top-p), applied identically to policy and reference; with the
 defaults it is the model's raw distribution.
@@ -29,7 +33,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit import ops
+from rlhfkit import lmhead, ops
 from rlhfkit.data.collate import TokenBatch
 from rlhfkit.data.packing import PrefixBatch
 from rlhfkit.sampling import Rollout, constrain_logits
@@ -63,10 +67,16 @@ def batch_token_logprobs(model: Any, batch: TokenBatch | PrefixBatch) -> tuple[t
         return token_logps.flatten(0, 1), mask.flatten(0, 1)
     first = max(1, int(batch.loss_mask.argmax(-1).min()))  # earliest response column s (token 0 is never scored)
     keep = batch.input_ids.shape[1] - first + 1
+    mask = batch.loss_mask[:, -keep + 1 :]  # (N, K-1)
+    head = lmhead.head_for(model)
+    if head is not None:
+        hidden, _ = lmhead.final_hidden(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        start = batch.input_ids.shape[1] - keep  # column s - 1 predicts token s
+        return lmhead.shifted_logprobs(hidden, head, batch.input_ids, start, mask.bool())[0], mask
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep,
                    use_cache=False).logits  # (N, K, V); no KV cache to build in a full-sequence pass
     ids = batch.input_ids[:, -keep:]  # (N, K): the tokens whose positions produced the kept logits
-    return ops.token_logprobs(logits, ids), batch.loss_mask[:, -keep + 1 :]  # (N, K-1), (N, K-1)
+    return ops.token_logprobs(logits, ids), mask  # (N, K-1), (N, K-1)
 
 
 def batch_sequence_logprobs(model: Any, batch: TokenBatch | PrefixBatch) -> torch.Tensor:
@@ -87,12 +97,22 @@ def packed_token_logprobs(model: Any, batch: PrefixBatch) -> tuple[torch.Tensor,
     """Per-token log-probs of every side of a packed batch, in fp32: (G, B, L) and its loss mask (G, B, L).
 
     `model` is a causal LM. The LM head runs only on columns from the earliest scoring column on
-    (`logits_to_keep`); each kept column's log-normaliser is computed once, even when it scores two sides.
+    (`logits_to_keep`); each kept column's log-normaliser is computed once, even when it scores two sides (the
+    chunked head computes the last prefix column's once per side).
     """
+    bias = batch.attention_bias(_dtype(model))  # (B, 1, T, T)
+    head = lmhead.head_for(model)
+    if head is not None:
+        hidden, _ = lmhead.final_hidden(model, input_ids=batch.input_ids, position_ids=batch.position_ids,
+                                        attention_mask=bias)  # (B, T, H)
+        rows = batch.rows[None, :, None].expand_as(batch.score_cols)  # (G, B, L): the row holding each group
+        logps, _ = lmhead.scored_logprobs(hidden, head, rows, batch.score_cols, batch.targets,
+                                          batch.loss_mask.bool())  # (G, B, L)
+        return logps, batch.loss_mask
     first = int(batch.score_cols[batch.loss_mask.bool()].min()) if batch.loss_mask.any() else 0
     keep = batch.input_ids.shape[1] - first
     logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, logits_to_keep=keep,
-                   attention_mask=batch.attention_bias(_dtype(model)), use_cache=False).logits  # (B, K, V)
+                   attention_mask=bias, use_cache=False).logits  # (B, K, V)
     B, K, V = logits.shape
     lse = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(max(1, 1024 // B), dim=1)],
                     dim=1)  # (B, K)
@@ -124,24 +144,34 @@ def response_forward(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
                      temperature: float = 1.0, value_head: Any = None, min_new_tokens: int = 0,
                      eos_id: int | None = None, top_p: float = 1.0
                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Log-probs, values and logits of the A response tokens that follow P (left-padded) prompt columns.
+    """Log-probs, values and entropies of the A response tokens that follow P (left-padded) prompt columns.
 
     input_ids, attention_mask: (B, P + A). Returns logprobs (B, A) in fp32 under the sampling distribution
-    (`constrain_logits`; NOT zeroed on padding), values (B, A) or None (V(s_t) read at the hidden state that
-    predicts response token t), and the constrained logits (B, A, V). Only the A + 1 last positions go through
-    the LM head (`logits_to_keep`).
+    (`constrain_logits`; 0 on padding, where attention_mask[:, P:] is 0), values (B, A) or None (V(s_t) read at
+    the hidden state that predicts response token t), and the per-token entropy (B, A) of that distribution
+    (detached; 0 on padding). Only the response positions go through the LM head.
     """
-    out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=ops.positions(attention_mask),
-             logits_to_keep=A + 1, output_hidden_states=value_head is not None)
-    # (B, A + 1, V): position P-1 predicts response token 0
-    logprobs, logits = response_token_logprobs(out.logits[:, -(A + 1):], input_ids[:, P - 1:],
-                                               temperature=temperature, top_p=top_p,
-                                               min_new_tokens=min_new_tokens, eos_id=eos_id)  # (B, A), (B, A + 1, V)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": ops.positions(attention_mask)}
+    scored = attention_mask[:, P:].bool()  # (B, A): response tokens, not padding
+    constraint = {"temperature": temperature, "min_new_tokens": min_new_tokens, "eos_id": eos_id}
+    head = lmhead.head_for(lm, top_p)
+    if head is not None:
+        hidden, _ = lmhead.final_hidden(lm, **inputs)  # (B, P + A, H)
+        logprobs, ent = lmhead.shifted_logprobs(hidden, head, input_ids, P - 1, scored, with_entropy=True,
+                                                **constraint)  # (B, A), (B, A)
+    else:
+        out = lm(**inputs, logits_to_keep=A + 1, output_hidden_states=value_head is not None)
+        hidden = out.hidden_states[-1] if value_head is not None else None
+        # (B, A + 1, V): position P-1 predicts response token 0
+        logprobs, logits = response_token_logprobs(out.logits[:, -(A + 1):], input_ids[:, P - 1:], top_p=top_p,
+                                                   **constraint)  # (B, A), (B, A + 1, V)
+        with torch.no_grad():
+            ent = ops.entropy(logits[:, :-1]) * scored  # (B, A)
+        logprobs = torch.where(scored, logprobs, torch.zeros_like(logprobs))  # where: -inf * 0 is NaN
     values = None
     if value_head is not None:
-        hidden = out.hidden_states[-1][:, P - 1: P - 1 + A]  # (B, A, H)
-        values = value_head(hidden.float()).squeeze(-1)  # (B, A)
-    return logprobs, values, logits[:, :-1]
+        values = value_head(hidden[:, P - 1: P - 1 + A].float()).squeeze(-1)  # (B, A)
+    return logprobs, values, ent
 
 
 def response_logprobs(model: Any, rollout: Rollout, batch_size: int | None = None, *, temperature: float = 1.0,

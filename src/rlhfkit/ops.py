@@ -4,7 +4,8 @@ Vocabulary for shape comments: B batch, T tokens, A response tokens, V vocabular
 
 `token_logprobs` is the one place in rlhfkit that shifts logits against labels: logits[:, t] predicts
 input_ids[:, t + 1]. Everything else works with per-token log-probs indexed by the predicted token (packed
-shared-prefix rows gather at explicit scoring columns instead; see `rlhfkit.logprobs`).
+shared-prefix rows gather at explicit scoring columns instead; see `rlhfkit.logprobs`). The chunked LM head
+(`rlhfkit.lmhead.shifted_logprobs`) keeps the convention from hidden states: column t scores input_ids[:, t + 1].
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: 
     """
     return masked_sum(token_logprobs(logits, input_ids), loss_mask[:, 1:], dim=-1)
 
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (...) of the categorical given by logits (..., V); -inf logits (forbidden tokens) add 0, not NaN."""
+    p, logp = logits.softmax(-1), logits.log_softmax(-1)
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rlhfkit import config as config_lib
-from rlhfkit import losses, ops
+from rlhfkit import lmhead, losses, ops
 from rlhfkit.config import DataConfig, LoRAConfig, ModelConfig, OptimConfig, TrainConfig
 from rlhfkit.data import Encoded, TokenBatch, check_lengths, collate, encode_sft_records, load_train_eval
 from rlhfkit.tracking import Run, check_run_dir, say
@@ -58,10 +58,17 @@ class SFTConfig:
 
 
 def lm_objective(model: Any, batch: TokenBatch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-weighted cross-entropy over loss_mask tokens (docs/design.md: SFT and pretraining)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
-    token_logps = ops.token_logprobs(logits, batch.input_ids)  # (B, T-1)
-    nll_sum, n_tokens = losses.sft_loss(token_logps, batch.loss_mask[:, 1:])
+    """Token-weighted cross-entropy over loss_mask tokens (docs/design.md: SFT and pretraining). The chunked LM
+    head (`rlhfkit.lmhead`) scores only the loss_mask tokens where it applies; else the model's (B, T, V) logits."""
+    scored = batch.loss_mask[:, 1:]  # (B, T-1): token t is scored at column t-1
+    head = lmhead.head_for(model)
+    if head is not None:
+        hidden, _ = lmhead.final_hidden(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        token_logps, _ = lmhead.shifted_logprobs(hidden, head, batch.input_ids, 0, scored.bool())  # (B, T-1)
+    else:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
+        token_logps = ops.token_logprobs(logits, batch.input_ids)  # (B, T-1)
+    nll_sum, n_tokens = losses.sft_loss(token_logps, scored)
     loss = nll_sum.sum() / n_tokens.sum().clamp(min=1)
     return loss, {"tokens": float(n_tokens.sum())}
 

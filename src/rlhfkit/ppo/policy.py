@@ -13,6 +13,7 @@ import torch
 
 from rlhfkit.generation import Rollout
 from rlhfkit.logprobs import Reference, response_forward
+from rlhfkit.ops import entropy  # noqa: F401  (its home is ops; rlhfkit.ppo exports it)
 
 
 class PolicyWithValue(torch.nn.Module):
@@ -58,21 +59,15 @@ forward fewer per step; the ratio there is exp(0) = 1 by construction).
     for k, idx in enumerate(chunks):
         idx = idx.to(device)
         with torch.set_grad_enabled(keep_first and k == 0):
-            lp, v, logits = module(ids[idx], attn[idx], P, A, temperature, min_new_tokens, eos_id)
+            lp, v, token_entropy = module(ids[idx], attn[idx], P, A, temperature, min_new_tokens, eos_id)
         if keep_first and k == 0:
             first = (lp, v)
         with torch.no_grad():
             logps[idx] = lp.detach()
-            ent[idx] = entropy(logits.detach())  # (b, A)
+            ent[idx] = token_entropy  # (b, A), detached
             if values is not None:
                 values[idx] = v.detach()
     return logps, values, ent, first
-
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy (...) of the categorical given by logits (..., V); -inf logits (forbidden tokens) add 0, not NaN."""
-    p, logp = logits.softmax(-1), logits.log_softmax(-1)
-    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
 
 
 @torch.no_grad()
