@@ -153,3 +153,22 @@ def test_reward_padding_free_equals_padded(attn):
         alone = collate(examples, pad_id=0)
         want = reward_at_last_token(rm, alone.input_ids, alone.attention_mask)  # (K,)
         torch.testing.assert_close(got[: len(examples), b], want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["chunked", "plain"])
+def test_sft_loss_padding_free_equals_padded(lm, head, monkeypatch):
+    """What `rlhfkit sft` trains on for a model with 4D-mask attention: the same loss and gradients as padded rows."""
+    from rlhfkit.sft import _collate_for, lm_objective
+
+    class Tok:
+        pad_token_id = 0
+
+    monkeypatch.setenv("RLHFKIT_LM_HEAD", head)
+    examples = [grp[0] for grp in groups_of(1, 9, seed=4)]
+    packed, rows = _collate_for(Tok(), padding_free=True)(examples), _collate_for(Tok())(examples)
+    assert packed.input_ids.shape[0] < len(examples) and packed.attention_mask.sum() == rows.attention_mask.sum()
+    (loss_a, m_a), (loss_b, m_b) = lm_objective(lm, packed), lm_objective(lm, rows)
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-6, rtol=1e-5)
+    assert m_a == m_b
+    for a, b in zip(grads(lm, lm_objective(lm, packed)[0]), grads(lm, lm_objective(lm, rows)[0])):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

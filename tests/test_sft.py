@@ -19,8 +19,9 @@ class FixedLogits(torch.nn.Module):
         super().__init__()
         self.logits = torch.nn.Parameter(logits)
 
-    def forward(self, input_ids, attention_mask=None):
-        return type("Out", (), {"logits": self.logits})()
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **kwargs):
+        logits = self.logits[:, -logits_to_keep:] if logits_to_keep else self.logits  # as transformers' models
+        return type("Out", (), {"logits": logits})()
 
 
 def test_sft_loss_is_cross_entropy_over_response_tokens_only_by_hand():

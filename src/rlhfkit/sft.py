@@ -15,9 +15,11 @@ from typing import Any
 import torch
 
 from rlhfkit import config as config_lib
-from rlhfkit import lmhead, losses, ops
+from rlhfkit import losses
 from rlhfkit.config import DataConfig, LoRAConfig, ModelConfig, OptimConfig, TrainConfig
 from rlhfkit.data import Encoded, TokenBatch, check_lengths, collate, encode_sft_records, load_train_eval
+from rlhfkit.data.packing import PrefixBatch, pack_groups, supports_shared_prefix
+from rlhfkit.logprobs import batch_token_logprobs
 from rlhfkit.tracking import Run, check_run_dir, say
 
 
@@ -57,18 +59,12 @@ class SFTConfig:
     """Run directory; the model is saved to <out>/model."""
 
 
-def lm_objective(model: Any, batch: TokenBatch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-weighted cross-entropy over loss_mask tokens (docs/design.md: SFT and pretraining). The chunked LM
-    head (`rlhfkit.lmhead`) scores only the loss_mask tokens where it applies; else the model's (B, T, V) logits."""
-    scored = batch.loss_mask[:, 1:]  # (B, T-1): token t is scored at column t-1
-    head = lmhead.head_for(model)
-    if head is not None:
-        hidden, _ = lmhead.final_hidden(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        token_logps, _ = lmhead.shifted_logprobs(hidden, head, batch.input_ids, 0, scored.bool())  # (B, T-1)
-    else:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (B, T, V)
-        token_logps = ops.token_logprobs(logits, batch.input_ids)  # (B, T-1)
-    nll_sum, n_tokens = losses.sft_loss(token_logps, scored)
+def lm_objective(model: Any, batch: TokenBatch | PrefixBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token-weighted cross-entropy over loss_mask tokens (docs/design.md: SFT and pretraining), on right-padded
+    rows or padding-free packed rows alike; the log-probs are `rlhfkit.logprobs.batch_token_logprobs` (the
+    chunked LM head on the trained tokens only, where it applies)."""
+    token_logps, mask = batch_token_logprobs(model, batch)  # (N, K-1) each
+    nll_sum, n_tokens = losses.sft_loss(token_logps, mask)
     loss = nll_sum.sum() / n_tokens.sum().clamp(min=1)
     return loss, {"tokens": float(n_tokens.sum())}
 
@@ -83,8 +79,12 @@ def pack_corpus(tokenizer: Any, texts: list[str], block: int) -> list[Encoded]:
     return [Encoded(b, [1] * len(b)) for b in blocks if len(b) >= 2]
 
 
-def _collate_for(tokenizer: Any):
+def _collate_for(tokenizer: Any, padding_free: bool = False):
+    """Right-padded rows, or (padding_free, for models whose attention takes a 4D mask) several examples per row
+    without padding (`rlhfkit.data.packing`, rows no wider than the longest example): exact either way."""
     pad = tokenizer.pad_token_id
+    if padding_free:
+        return lambda examples: pack_groups([[e] for e in examples], pad, row_tokens=0)
     return lambda examples: collate(examples, pad)
 
 
@@ -138,8 +138,8 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     check_context(model, train + held, cfg.data.max_length)
     run = Run(cfg.out, cfg, is_main=accelerator.is_main_process)  # after the model loads: a failure leaves no run
     say(f"sft: {len(train)} training examples ({stats.summary()}), {len(held)} held out")
-    result = fit(lm_objective, model, train, _collate_for(tokenizer), cfg.train, cfg.optim, run, accelerator,
-                 eval_examples=held or None, tokenizer=tokenizer)
+    result = fit(lm_objective, model, train, _collate_for(tokenizer, supports_shared_prefix(model)), cfg.train,
+                 cfg.optim, run, accelerator, eval_examples=held or None, tokenizer=tokenizer)
     summary = {"step": result.step, "status": result.status, "eval_loss": result.eval_metrics.get("eval/loss"),
                "truncation": stats.as_dict(), "tokens_per_s": result.tokens_per_second, "seconds": result.seconds}
     return finish_stage(accelerator, model, tokenizer, run, summary, result.snapshot, cfg.lora.merge)
