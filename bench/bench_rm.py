@@ -1,278 +1,234 @@
-"""Reward-model training throughput and peak memory: rlhfkit vs TRL's RewardTrainer (trl 1.16), same model and data.
+"""Reward-model training throughput and peak memory: rlhfkit's `rm train` vs TRL's RewardTrainer (trl 1.16).
 
-    OMP_WAIT_POLICY=PASSIVE python bench/bench_rm.py [--steps 30] [--threads 1] [--repeats 2]
+    python bench/bench_rm.py [--shape large|tiny] [--threads N] [--repeats 2] [--steps 6] [--k 2]
 
-Both sides train the same tiny Llama-style trunk (rlhfkit's `tiny` preset, d=192, 4 layers, saved to a folder as a
-causal LM; each side adds a fresh 1-output `score` head) on the same token ids: a word-level tokenizer makes every
-prompt exactly P tokens and every response exactly A tokens + EOS, and both sides get rlhfkit's `encode_pair`
-output (TRL as pre-tokenised `chosen_ids` / `rejected_ids`). fp32, bf16 off, gradient checkpointing off, dropout off
-(/work/shared/TRL_NOTES.md), AdamW, lr 1e-5, clip 1.0, no logging, evaluation or checkpoints inside the timed steps.
-Two settings, each with the same number of preference pairs per optimizer step on both sides:
-  pairs:    B (x, y_w, y_l) pairs per step: both sides run 2B sequences.
-  rankings: R rankings of K responses per step = R * C(K,2) pairs. rlhfkit scores each response once and forms all
-            pairs from the K rewards (InstructGPT); TRL is given the expanded pairs (it has no ranking input), so it
-            runs 2 * R * C(K,2) sequences for the same pairs and the same mean Bradley-Terry loss.
-Each (side, setting) runs in its own subprocess, interleaved A B A B, `--repeats` times; the table gives medians.
+Both sides train the same trunk (`--shape`, common.SHAPES; saved as a causal LM, each side adds a fresh 1-output
+`score` head) on the same token ids: a word-level tokenizer makes every prompt exactly `--prompt-len` tokens and
+every response a uniform draw from `--response-len` tokens + EOS; TRL gets rlhfkit's `encode_pair` output as
+pre-tokenised `chosen_ids` / `rejected_ids`. fp32, bf16 off, gradient checkpointing off, dropout off, AdamW, lr 1e-5,
+clip 1.0, report_to none, no logging, evaluation or checkpoints inside the timed steps. TRL 1.16's RewardConfig has
+no padding_free option.
 
-Per run: steady pairs/s (median step time, the first two and the last step left out; rlhfkit's steps are timed at
-the start of each objective call, TRL's at each step start by a callback), peak RSS of the process (ru_maxrss), and
-and the training increase: high-water RSS at the start of the last step minus the RSS before the first step (imports,
-model load and rlhfkit's end-of-run checkpoint / save excluded; TRL imports more, so the process peaks differ more).
-Results: printed table + bench/results/bench_rm.json.
+Each optimizer step trains on `--groups` prompts with `--k` responses each = groups x C(k, 2) preference pairs:
+  k = 2 (default): preference pairs; both libraries score 2 x groups sequences.
+  k > 2: rankings. rlhfkit scores each response once and forms all pairs from the k rewards (InstructGPT); TRL has
+         no ranking input, so it gets the expanded pairs and scores 2 x C(k, 2) sequences per prompt for the same
+         pairs and the same mean Bradley-Terry loss.
+Rows: rlhfkit (`rlhfkit.reward.run_rm_train`, default settings: shared-prefix, padding-free groups), TRL, and the
+ablation `rlhfkit, one row per seq` (--no-shared-prefix: one right-padded row per response, as TRL). There is no
+LM head in a reward model, so RLHFKIT_LM_HEAD does not apply.
+
+Per run: steady pairs/s and tokens/s (median over steps after `--warmup`; rlhfkit's steps timed at each objective
+call, TRL's at each `training_step`), pairs per CPU-second, peak RSS of the process and its increase during
+training, and the fraction of the fp32 matmul roofline at 6 x non-embedding params per token each side runs.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
-import subprocess
+import random
 import sys
 import tempfile
-import time
+from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
-from common import rss_mb as _rss_mb  # noqa: E402
-from common import peak_rss_mb as _peak_rss_mb  # noqa: E402  (bench/ is the script's directory)
+from typing import Literal
 
-WORDS = [f"w{i}" for i in range(500)]
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
-
-# ---------------------------------------------------------------------------------------------- shared assets
-def word_tokenizer():
-    """One word = one token, so lengths are exact and identical on both sides."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<|pad|>", "<|endoftext|>", "<|bos|>", "<unk>", *WORDS])}
-    tok_obj = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok_obj.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok_obj, pad_token="<|pad|>", eos_token="<|endoftext|>",
-                                   bos_token="<|bos|>", unk_token="<unk>", model_max_length=512)
+NAME = "rm"
 
 
-def make_assets(root: Path, prompt_len: int, response_len: int, n_prompts: int, k: int, seed: int = 0) -> dict:
-    """root/model (tiny causal LM + tokenizer) and root/rankings_k{k}.jsonl (K responses per prompt)."""
-    import random
+@dataclass(frozen=True)
+class Args:
+    """bench_rm: rlhfkit reward-model training vs TRL RewardTrainer pairs/s and memory."""
 
-    from rlhfkit.config import TinyArch
-    from rlhfkit.data import write_jsonl
-    from rlhfkit.models import build_tiny, count_parameters, save_model
+    shape: Literal["tiny", "large"] = "large"
+    """Model shape (common.SHAPES): large = hidden 576, 4 layers, vocabulary 49,152; tiny = the tiny preset."""
+    threads: int | None = None
+    """torch threads for every side; default: the shape's (large 2, tiny 1)."""
+    repeats: int = 2
+    """Runs per row, interleaved A B A B; figures are medians over runs."""
+    steps: int = 6
+    """Optimizer steps per run."""
+    warmup: int = 2
+    """Steps left out of the steady-state median."""
+    groups: int = 8
+    """Prompts per optimizer step (k = 2: preference pairs per step)."""
+    k: int = 2
+    """Responses per prompt: 2 = preference pairs, more = rankings (all C(k, 2) pairs)."""
+    prompt_len: int = 64
+    """Prompt tokens (exact)."""
+    response_len: str = "64:128"
+    """Response tokens before EOS, each drawn uniformly from lo:hi."""
+    trl: bool = True
+    """Run the TRL row (needs the `bench` extra: trl==1.16.0)."""
+    ablation: bool = True
+    """Also run rlhfkit with one row per response (--no-shared-prefix)."""
 
-    tok = word_tokenizer()
-    model = build_tiny(tok, TinyArch(max_positions=256), seed)
-    if not (root / "model").exists():
-        save_model(model, tok, root / "model")
-    rng = random.Random(seed)
-    text = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
-    recs = [{"prompt": text(prompt_len), "responses": [" " + text(response_len) for _ in range(k)],
-             "ranking": rng.sample(range(k), k)} for _ in range(n_prompts)]
-    write_jsonl(root / f"rankings_k{k}.jsonl", recs)
-    embed = model.get_input_embeddings().weight.numel()
-    return {"params": count_parameters(model), "non_embedding_params": count_parameters(model) - embed}
-
-
-
-
-
-
-def _steady_step_s(starts: list[float]) -> float:
-    durations = [b - a for a, b in zip(starts, starts[1:])][2:]  # the last start has no duration: it is left out
-    return statistics.median(durations)
+    @property
+    def pairs_per_step(self) -> int:
+        return self.groups * self.k * (self.k - 1) // 2
 
 
 # ------------------------------------------------------------------------------------------------ the sides
-def run_rlhfkit(p: dict) -> dict:
-    """`rlhfkit rm train` on the rankings file (K = 2: preference pairs), timing each objective call."""
-    import torch
-
+def rlhfkit_rm(p: dict) -> dict:
+    """`rlhfkit rm train` (rlhfkit.reward.run_rm_train) on the rankings file; the objective wrapped to time steps."""
     import rlhfkit.reward.train as reward  # run_rm_train looks the objective up here
     from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 
-    starts: list[float] = []
+    clock = common.StepClock()
     make_objective = reward.reward_objective
 
     def timed_objective(*args, **kwargs):
         objective = make_objective(*args, **kwargs)
 
         def timed(model, batch):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            if not starts:  # model loaded and prepared, optimizer built (its state is allocated lazily)
-                rss_at_start.append(_rss_mb())
-            starts.append(time.perf_counter())
-            peaks.append(_peak_rss_mb())
+            clock.tick(common.real_tokens(batch), p["pairs_per_step"])
             return objective(model, batch)
 
         return timed
 
-    rss_at_start: list[float] = []
-    peaks: list[float] = []  # high-water RSS at each step's start: the last one covers every step but the last
     reward.reward_objective = timed_objective
-    root = Path(p["root"])
-    cfg = reward.RMConfig(
-        data=DataConfig(train=str(root / f"rankings_k{p['k']}.jsonl"), eval_fraction=0.0, max_length=256,
-                        max_prompt_length=128),
-        model=ModelConfig(name=str(root / "model")), loss="bt", shared_prefix=p["shared_prefix"],
-        train=TrainConfig(batch_size=p["prompts_per_step"], max_steps=p["steps"], log_every=10**6,
-                          save_every=10**6, eval_every=10**6, threads=p["threads"], progress=False),
-        optim=OptimConfig(lr=1e-5, warmup_steps=0, schedule="constant"), out=str(root / f"rlhfkit-{time.time_ns()}"))
-    summary = reward.run_rm_train(cfg)
-    return {"step_s": _steady_step_s(starts[: p["steps"]]), "rss_before_train_mb": rss_at_start[0],
-            "peak_rss_in_training_mb": peaks[p["steps"] - 1], "steps_run": summary["step"]}
+    with tempfile.TemporaryDirectory() as out:
+        cfg = reward.RMConfig(
+            data=DataConfig(train=p["rankings"], eval_fraction=0.0, max_length=p["max_length"],
+                            max_prompt_length=p["prompt_len"]),
+            model=ModelConfig(name=p["model"]), loss="bt", shared_prefix=p.get("shared_prefix", True),
+            train=TrainConfig(batch_size=p["groups"], max_steps=p["steps"], log_every=10**6, save_every=10**6,
+                              eval_every=10**6, threads=p["threads"], progress=False),
+            optim=OptimConfig(lr=1e-5, warmup_steps=0, schedule="constant"), out=str(Path(out) / "run"))
+        reward.run_rm_train(cfg)
+    return clock.steady(p["warmup"])
 
 
 def _trl_dataset(p: dict):
-    """The same records as rlhfkit reads, tokenised by rlhfkit.data.encode_pair, expanded to all C(K,2) pairs."""
+    """The same records rlhfkit reads, tokenised by rlhfkit.data.encode_pair, expanded to all C(k, 2) pairs."""
     from datasets import Dataset
 
     from rlhfkit.data import encode_pair, read_records
+    from rlhfkit.models import load_tokenizer
 
-    tok = word_tokenizer()
+    tok = load_tokenizer(p["model"])
     rows = []
-    for rec in read_records(Path(p["root"]) / f"rankings_k{p['k']}.jsonl", "rankings"):
-        ids = [encode_pair(tok, rec["prompt"], rec["responses"][i], 256, 128).input_ids for i in rec["ranking"]]
+    for rec in read_records(Path(p["rankings"]), "rankings"):
+        ids = [encode_pair(tok, rec["prompt"], rec["responses"][i], p["max_length"], p["prompt_len"]).input_ids
+               for i in rec["ranking"]]  # best first
         rows += [{"chosen_ids": ids[i], "rejected_ids": ids[j]} for i, j in combinations(range(len(ids)), 2)]
     return Dataset.from_list(rows), tok
 
 
-def run_trl(p: dict) -> dict:
-    """TRL RewardTrainer on the expanded pairs; a callback stamps each step's start."""
+def trl_rm(p: dict) -> dict:
+    """TRL RewardTrainer on the expanded pairs."""
     import torch
-    from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
-    starts: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            starts.append(time.perf_counter())
-            peaks.append(_peak_rss_mb())
-
-    peaks: list[float] = []
     dataset, tok = _trl_dataset(p)
-    pairs_per_step = p["prompts_per_step"] * p["k"] * (p["k"] - 1) // 2
-    args = RewardConfig(
-        output_dir=str(Path(p["root"]) / f"trl-{time.time_ns()}"), per_device_train_batch_size=pairs_per_step,
-        max_steps=p["steps"], learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        bf16=False, gradient_checkpointing=False, disable_dropout=True, logging_steps=10**6, save_strategy="no",
-        eval_strategy="no", report_to="none", dataloader_num_workers=0, seed=0, max_length=None,
-        use_cpu=not torch.cuda.is_available())
-    trainer = RewardTrainer(model=str(Path(p["root"]) / "model"), args=args, train_dataset=dataset,
-                            processing_class=tok, callbacks=[StepTimer()])
-    rss0 = _rss_mb()  # model loaded, before the optimizer exists
-    trainer.train()
-    return {"step_s": _steady_step_s(starts), "rss_before_train_mb": rss0,
-            "peak_rss_in_training_mb": peaks[-1], "steps_run": trainer.state.global_step}
+    with tempfile.TemporaryDirectory() as out:
+        args = RewardConfig(
+            output_dir=out, per_device_train_batch_size=p["pairs_per_step"], max_steps=p["steps"], learning_rate=1e-5,
+            lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, bf16=False, gradient_checkpointing=False,
+            disable_dropout=True, logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none",
+            dataloader_num_workers=0, seed=0, max_length=None, use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=True)
+        trainer = RewardTrainer(model=p["model"], args=args, train_dataset=dataset, processing_class=tok)
+        assert next(trainer.model.parameters()).dtype == torch.float32
+        clock = common.StepClock()
+        common.time_trainer_steps(trainer, clock, p["pairs_per_step"])
+        trainer.train()
+    return clock.steady(p["warmup"])
 
 
-SIDES = {"rlhfkit": run_rlhfkit, "trl": run_trl}
+SIDES = {"rlhfkit": rlhfkit_rm, "trl": trl_rm}
 
 
-def child(side: str, params_path: str, result_path: str) -> None:
-    import torch
+# ------------------------------------------------------------------------------------------------------ parent
+def prepare(args: Args, root: Path) -> dict:
+    """Save the model once and write the rankings file (k responses per prompt, a random best-first order)."""
+    from rlhfkit.data import write_jsonl
 
-    p = json.loads(Path(params_path).read_text())
-    torch.set_num_threads(p["threads"])
-    out = SIDES[side](p)
-    pairs_per_step = p["prompts_per_step"] * p["k"] * (p["k"] - 1) // 2
-    out.update({"pairs_per_s": pairs_per_step / out["step_s"], "peak_rss_mb": _peak_rss_mb(),
-                "threads": torch.get_num_threads()})
-    out["train_rss_increase_mb"] = out["peak_rss_in_training_mb"] - out["rss_before_train_mb"]
-    Path(result_path).write_text(json.dumps(out))
-
-
-def run_side(side: str, params: dict) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        pp, rp = Path(tmp) / "p.json", Path(tmp) / "r.json"
-        pp.write_text(json.dumps(params))
-        env = {**os.environ, "OMP_NUM_THREADS": str(params["threads"]), "MKL_NUM_THREADS": str(params["threads"]),
-               "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-               "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-        load = os.getloadavg()[0]
-        proc = subprocess.run([sys.executable, __file__, "--child", side, "--params", str(pp), "--result", str(rp)],
-                              env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not rp.exists():
-            raise SystemExit(f"{side} failed:\n" + "\n".join(proc.stderr.splitlines()[-30:]))
-        return {**json.loads(rp.read_text()), "load1_before": load}
+    model_dir, sizes = common.word_model_dir(root, args.shape)
+    vocab, (lo, hi), rng = common.SHAPES[args.shape]["vocab"], common.length_range(args.response_len), random.Random(0)
+    recs = [{"prompt": common.word_text(rng, args.prompt_len, vocab),
+             "responses": [" " + common.word_text(rng, rng.randint(lo, hi), vocab) for _ in range(args.k)],
+             "ranking": rng.sample(range(args.k), args.k)} for _ in range(args.groups * (args.steps + 2))]
+    write_jsonl(root / "rankings.jsonl", recs)
+    return {"model": str(model_dir), "rankings": str(root / "rankings.jsonl"), **sizes, "prompts": len(recs)}
 
 
-# ------------------------------------------------------------------------------------------------------ main
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--pairs-per-step", type=int, default=8, help="pairs setting: B pairs per step")
-    ap.add_argument("--k", type=int, default=4, help="rankings setting: responses per prompt")
-    ap.add_argument("--rankings-per-step", type=int, default=2, help="rankings setting: R rankings per step")
-    ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--response-len", type=int, default=32)
-    ap.add_argument("--no-shared-prefix", action="store_true",
-                    help="rlhfkit runs one row per response (the ablation of rlhfkit.prefix)")
-    ap.add_argument("--out", default=str(RESULTS / "bench_rm.json"), help="results JSON")
-    args = ap.parse_args()
-    settings = {"pairs": {"k": 2, "prompts_per_step": args.pairs_per_step},
-                "rankings": {"k": args.k, "prompts_per_step": args.rankings_per_step}}
-    rows, runs = [], {}
-    with tempfile.TemporaryDirectory(prefix="bench-rm-") as tmp:
-        root = Path(tmp)
-        for setting, s in settings.items():
-            n_prompts = s["prompts_per_step"] * (args.steps + 2)
-            sizes = make_assets(root, args.prompt_len, args.response_len, n_prompts, s["k"])
-            params = {"root": str(root), "steps": args.steps, "threads": args.threads,
-                      "shared_prefix": not args.no_shared_prefix, **s}
-            for r in range(args.repeats):
-                for side in SIDES:
-                    res = run_side(side, params)
-                    runs.setdefault((setting, side), []).append(res)
-                    print(f"  {setting} repeat {r + 1} {side}: {res['pairs_per_s']:.1f} pairs/s, peak RSS "
-                          f"{res['peak_rss_mb']:.0f} MiB (+{res['train_rss_increase_mb']:.0f} training), "
-                          f"load {res['load1_before']:.2f}", file=sys.stderr, flush=True)
-    for (setting, side), rs in runs.items():
-        med = lambda key: statistics.median(x[key] for x in rs)  # noqa: E731
-        pairs = settings[setting]["prompts_per_step"] * settings[setting]["k"] * (settings[setting]["k"] - 1) // 2
-        # pairs/s from the median step time (robust to one disturbed repeat), not a median of rates
-        rows.append({"setting": setting, "side": side, "pairs_per_s": pairs / med("step_s"), "step_s": med("step_s"),
-                     "peak_rss_mb": med("peak_rss_mb"), "train_rss_increase_mb": med("train_rss_increase_mb"),
-                     "load1": [min(x["load1_before"] for x in rs), max(x["load1_before"] for x in rs)]})
-    for setting in settings:
-        ours, trl = (next(r for r in rows if r["setting"] == setting and r["side"] == s) for s in ("rlhfkit", "trl"))
-        ours["speedup_vs_trl"] = ours["pairs_per_s"] / trl["pairs_per_s"]
-    _print(rows, args, settings)
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"command": " ".join([Path(sys.executable).name, *sys.argv]), "args": vars(args),
-                                "settings": settings, "model": sizes, "rows": rows, "time": time.ctime(),
-                                "runs": {f"{k[0]}/{k[1]}": v for k, v in runs.items()}}, indent=2))
-    print(f"wrote {path}")
+def variants(args: Args) -> list[common.Variant]:
+    out = [common.Variant("rlhfkit", "rlhfkit")] + ([common.Variant("TRL", "trl")] if args.trl else [])
+    if args.ablation:
+        out.append(common.Variant("rlhfkit, one row per seq", "rlhfkit", params={"shared_prefix": False}))
+    return out
 
 
-def _print(rows: list[dict], args, settings: dict) -> None:
-    print(f"RM training, tiny trunk, prompt {args.prompt_len} + response {args.response_len} tokens, "
-          f"{args.threads} thread(s), {args.steps} steps, median of {args.repeats}")
-    print(f"{'setting':<9} {'side':<8} {'pairs/step':>10} {'pairs/s':>8} {'step s':>7} {'peak RSS MiB':>12} "
-          f"{'train +MiB':>10} {'x TRL':>6}  load1")
-    for r in rows:
-        s = settings[r["setting"]]
-        pairs = s["prompts_per_step"] * s["k"] * (s["k"] - 1) // 2
-        speed = f"{r['speedup_vs_trl']:.2f}" if "speedup_vs_trl" in r else ""
-        print(f"{r['setting']:<9} {r['side']:<8} {pairs:>10} {r['pairs_per_s']:>8.1f} {r['step_s']:>7.3f} "
-              f"{r['peak_rss_mb']:>12.0f} {r['train_rss_increase_mb']:>10.0f} {speed:>6}  "
-              f"{r['load1'][0]:.2f}-{r['load1'][1]:.2f}")
+KEYS = ("items_per_s", "items_per_cpu_s", "tokens_per_s", "tokens_per_step", "step_s", "peak_rss_mb",
+        "train_rss_increase_mb", "rss_at_train_start_mb", "cuda_peak_mb", "run_seconds", "roofline_gflops")
+
+
+def run(args: Args) -> dict:
+    import importlib.util
+
+    if args.trl and importlib.util.find_spec("trl") is None:
+        print("trl is not installed (pip install -e '.[bench]'); measuring rlhfkit alone", file=sys.stderr)
+        args = replace(args, trl=False)
+    threads = args.threads or common.SHAPES[args.shape]["threads"]
+    with tempfile.TemporaryDirectory(prefix="rlhfkit-bench-rm-") as tmp:
+        data = prepare(args, Path(tmp))
+        params = {**vars(args), "threads": threads, "pairs_per_step": args.pairs_per_step,
+                  "max_length": args.prompt_len + common.length_range(args.response_len)[1] + 1,
+                  "model": data["model"], "rankings": data["rankings"]}
+        roof = common.roofline(threads)
+        runs = common.interleave(__file__, variants(args), params, args.repeats, threads)
+    rows = []
+    for label, side_runs in runs.items():
+        for r in side_runs:
+            r["roofline_6N"] = common.model_flops_fraction(r["tokens_per_s"], data["non_embedding_params"],
+                                                           r["roofline_gflops"])
+        rows.append({"benchmark": f"rm {args.shape} k={args.k}", "side": label,
+                     **common.summarize(side_runs, KEYS + ("roofline_6N",)),
+                     "pairs_per_s": common.median_of(side_runs, "items_per_s"), "threads": threads})
+    ratio, targets = None, []
+    if args.trl:
+        ours, trl = rows[0], rows[1]
+        ratio = {"pairs_per_s_paired": common.paired_ratio(runs, "rlhfkit", "TRL", "items_per_s"),
+                 "pairs_per_s": ours["pairs_per_s"] / trl["pairs_per_s"],
+                 "pairs_per_cpu_s_paired": common.paired_ratio(runs, "rlhfkit", "TRL", "items_per_cpu_s"),
+                 "peak_rss_mb": ours["peak_rss_mb"] / trl["peak_rss_mb"],
+                 "train_rss_increase_mb": ours["train_rss_increase_mb"] / trl["train_rss_increase_mb"]}
+        targets = common.target_rows([(f"RM {args.shape} k={args.k}, prompt {args.prompt_len}, responses "
+                                       f"{args.response_len}: pairs/s (paired)", ratio["pairs_per_s_paired"], 1.5,
+                                       ">=")])
+    return {"args": {**vars(args), "threads": threads}, "data": {k: v for k, v in data.items()
+                                                                 if k not in ("model", "rankings")},
+            "roofline": roof, "rows": rows, "ratio_rlhfkit_over_trl": ratio, "targets": targets, "runs": runs}
+
+
+COLUMNS = ("side", "pairs_per_s", "items_per_cpu_s", "tokens_per_s", "tokens_per_step", "peak_rss_mb",
+           "train_rss_increase_mb", "roofline_6N", "run_seconds", "load1_range")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import tyro
+
+    args = tyro.cli(Args, args=sys.argv[1:] if argv is None else argv)
+    result = run(args)
+    path = common.write_result(NAME, result)
+    d, threads = result["data"], result["args"]["threads"]
+    print(f"RM, shape {args.shape} ({d['non_embedding_params'] / 1e6:.1f}M non-embedding params), {args.groups} "
+          f"prompts x C({args.k},2) = {args.pairs_per_step} pairs/step, prompt {args.prompt_len} + responses "
+          f"{args.response_len} + EOS, {threads} thread(s), {args.steps} steps (warmup {args.warmup}), "
+          f"{args.repeats} repeats; roofline fp32 torch.mm {result['roofline']['gflops']:.1f} GFLOP/s")
+    common.print_table(result["rows"], COLUMNS)
+    if result["ratio_rlhfkit_over_trl"]:
+        print("rlhfkit / TRL: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratio_rlhfkit_over_trl"].items()
+                                          if v is not None))
+        common.print_table(result["targets"], ("target", "rlhfkit / TRL", "wanted", "result"))
+    print(f"written to {path}")
+    return result
 
 
 if __name__ == "__main__":
-    if "--child" in sys.argv:
-        cp = argparse.ArgumentParser()
-        cp.add_argument("--child", choices=sorted(SIDES))
-        cp.add_argument("--params")
-        cp.add_argument("--result")
-        a = cp.parse_args()
-        child(a.child, a.params, a.result)
-    else:
+    if not common.child_main(SIDES):
         main()

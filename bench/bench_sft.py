@@ -1,31 +1,37 @@
-"""SFT (and pretrain) throughput and peak memory: rlhfkit's loop vs TRL's SFTTrainer on the same model and data.
+"""SFT throughput and peak memory: rlhfkit's `sft` stage vs TRL's SFTTrainer on the same model and token ids.
 
-Both sides train the same saved tiny model (rlhfkit's `tiny` preset, BPE trained on the embedded corpus) on the
-same tokenised (prompt, response) pairs -- Rotten Tomatoes snippets split into a prompt prefix and its
-completion, exactly as `rlhfkit corpus` builds sft_train.jsonl -- with the same batch size, maximum length,
-completion-only loss, fp32 and thread count. TRL gets the token ids and completion masks rlhfkit produced
-(`input_ids` + `completion_mask` columns), so both sides see identical sequences.
+Both sides train one saved model (`--shape`: `large` = SmolLM2's width and 49,152-word vocabulary with 4 layers,
+`tiny` = rlhfkit's tiny preset with 4,096 words; common.SHAPES) on the same (prompt, response) pairs: a word-level
+tokenizer makes every prompt exactly `--prompt-len` tokens and every response a uniform draw from
+`--response-len` tokens (+ EOS), so lengths vary within a batch -- where padding-free batching pays -- and are
+identical on both sides. Loss on response tokens only (TRL: `completion_only_loss`, given rlhfkit's own token ids
+and completion masks as `input_ids` + `completion_mask` columns), fp32, same batch and thread count.
 
-Fairness settings for TRL on CPU (TRL_NOTES.md): bf16 off and gradient (activation) checkpointing off; both
-default to on in TRL 1.16 and make it ~17x slower on a CPU without bf16 units. Each side keeps its own
-default optimizer implementation (recorded in the output).
+- rlhfkit: `rlhfkit.sft.run_sft` -- exactly what `rlhfkit sft` runs, default settings (its objective is wrapped
+  only to time each step). Ablation row `rlhfkit, LM head plain`: the same with RLHFKIT_LM_HEAD=plain (full
+  (B, T, V) logits), which shows what the chunked LM head contributes.
+- TRL 1.16 SFTTrainer: bf16 off and gradient (activation) checkpointing off -- TRL turns both on by default, even
+  on CPU, where they cost far more than they save -- `packing=False`, its default fused AdamW, report_to none, no
+  saving. Row `TRL padding_free`: `padding_free=True` (TRL flattens the batch into one row with position ids;
+  transformers builds the block-diagonal mask from them for sdpa, so it runs on CPU).
 
-Figures: steady-state median tokens/s (real, non-padding tokens; steps after `warmup`, timed start to start),
-tokens per CPU-second of the side's process (steadier than wall time when other processes share the cores),
-peak RSS of the side's own process, the RSS increase during training, and the achieved fraction of the fp32
-matmul roofline at 6 x non-embedding params per token (forward + backward). Pretrain (packed blocks, every
-token trained) is measured for rlhfkit alone.
+Figures per run: steady-state median tokens/s and sequences/s (real, non-padding tokens; the first `--warmup` steps
+dropped; steps timed start to start), tokens per CPU-second, peak RSS of the side's own process, the RSS increase
+during training, and the fraction of the fp32 matmul roofline at 6 x non-embedding params per token.
+`--pretrain` adds rlhfkit pretraining (packed blocks of `--max-length` tokens, every token trained) alone.
 
-    python bench/bench_sft.py [--threads 1] [--repeats 3] [--steps 40]
+    python bench/bench_sft.py [--shape large|tiny] [--threads N] [--repeats 2] [--steps 6]
 """
 
 from __future__ import annotations
 
 import json
+import random
 import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -35,87 +41,110 @@ NAME = "sft"
 
 @dataclass(frozen=True)
 class Args:
-    """bench_sft: rlhfkit SFT vs TRL SFTTrainer, plus rlhfkit pretrain tokens/s."""
+    """bench_sft: rlhfkit SFT vs TRL SFTTrainer (and optional rlhfkit pretrain) tokens/s and memory."""
 
-    threads: int = 1
-    """torch threads for every side (1 is the steadiest on a shared 2-core machine)."""
-    repeats: int = 3
+    shape: Literal["tiny", "large"] = "large"
+    """Model shape (common.SHAPES): large = hidden 576, 4 layers, vocabulary 49,152; tiny = the tiny preset."""
+    threads: int | None = None
+    """torch threads for every side; default: the shape's (large 2, tiny 1)."""
+    repeats: int = 2
     """Runs per side, interleaved A B A B; figures are medians over runs."""
-    steps: int = 30
+    steps: int = 6
     """Optimizer steps per run."""
-    warmup: int = 5
+    warmup: int = 2
     """Steps left out of the steady-state median."""
-    batch_size: int = 16
-    """SFT micro-batch size (sequences), both sides; no gradient accumulation."""
-    max_length: int = 64
-    """Longest SFT sequence (prompt + response + EOS) and the pretrain block size."""
-    records: int = 4000
-    """SFT pairs tokenised (the loop samples batches from them)."""
-    pretrain_batch_size: int = 32
-    """Pretrain micro-batch size (blocks of max_length tokens), rlhfkit's default."""
-    pretrain: bool = True
-    """Also measure rlhfkit pretrain tokens/s."""
+    batch_size: int = 8
+    """Sequences per optimizer step, both sides; no gradient accumulation."""
+    prompt_len: int = 64
+    """Prompt tokens (exact)."""
+    response_len: str = "64:191"
+    """Response tokens before EOS, drawn uniformly from lo:hi (64:191 -> sequences of 129-256 tokens)."""
+    records: int = 256
+    """Pairs written (the loops sample batches from them)."""
     trl: bool = True
     """Run the TRL side (needs the `bench` extra: trl==1.16.0)."""
+    trl_padding_free: bool = True
+    """Also run TRL with padding_free=True."""
+    ablation: bool = True
+    """Also run rlhfkit with RLHFKIT_LM_HEAD=plain."""
+    pretrain: bool = False
+    """Also measure rlhfkit pretrain tokens/s (packed blocks of max_length, batch_size blocks per step)."""
+
+    @property
+    def max_length(self) -> int:
+        return self.prompt_len + common.length_range(self.response_len)[1] + 1
 
 
 # ------------------------------------------------------------------------------------------------- sides
-def _load_examples(path: str) -> list:
-    from rlhfkit.data import Encoded
-
-    return [Encoded(r["input_ids"], r["loss_mask"]) for r in map(json.loads, Path(path).read_text().splitlines())]
-
-
-def _rlhfkit_fit(params: dict, data_key: str, batch_size: int, lr: float) -> dict:
-    """rlhfkit.loop.fit with rlhfkit.sft.lm_objective -- what `rlhfkit sft` / `rlhfkit pretrain` run."""
-    from rlhfkit.config import ModelConfig, OptimConfig, TrainConfig
-    from rlhfkit.data import collate
-    from rlhfkit.loop import fit, make_accelerator
-    from rlhfkit.models import load_causal_lm
-    from rlhfkit.sft import lm_objective
-    from rlhfkit.tracking import Run
-
-    train_cfg = TrainConfig(batch_size=batch_size, max_steps=params["steps"], threads=params["threads"],
-                            progress=False, save_every=10**9)
-    accelerator = make_accelerator(train_cfg)
-    model, tokenizer = load_causal_lm(ModelConfig(name=params["model"]))
-    examples = _load_examples(params[data_key])
-    clock = common.StepClock()
-
-    def timed_objective(m, batch):
-        clock.tick(int(batch.attention_mask.sum()))
-        return lm_objective(m, batch)
-
-    pad = tokenizer.pad_token_id
-    with tempfile.TemporaryDirectory() as run_dir:
-        common.mark_train_start()
-        result = fit(timed_objective, model, examples, lambda ex: collate(ex, pad), train_cfg,
-                     OptimConfig(lr=lr), Run(run_dir), accelerator)
-    return {**clock.steady(params["warmup"]), "final_loss": result.last_metrics.get("train/loss"),
-            "optimizer": "torch.optim.AdamW (torch default: single-tensor on CPU)", "n_nonembed": common.non_embedding_params(model)}
-
-
 def rlhfkit_sft(params: dict) -> dict:
-    return _rlhfkit_fit(params, "sft_data", params["batch_size"], lr=1e-4)
+    """`rlhfkit sft` (rlhfkit.sft.run_sft) on the pairs file; its objective wrapped to time each step."""
+    import rlhfkit.sft as sft
+    from rlhfkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+    clock = common.StepClock()
+    objective = sft.lm_objective
+
+    def timed_objective(model, batch):
+        clock.tick(common.real_tokens(batch), params["batch_size"])
+        return objective(model, batch)
+
+    sft.lm_objective = timed_objective  # run_sft looks it up in the module when it calls fit
+    with tempfile.TemporaryDirectory() as out:
+        cfg = sft.SFTConfig(
+            data=DataConfig(train=params["pairs"], eval_fraction=0.0, max_length=params["max_length"],
+                            max_prompt_length=params["prompt_len"]),
+            model=ModelConfig(name=params["model"]),
+            train=TrainConfig(batch_size=params["batch_size"], max_steps=params["steps"], threads=params["threads"],
+                              progress=False, save_every=10**9, eval_every=10**9),
+            optim=OptimConfig(lr=1e-4), out=str(Path(out) / "run"))
+        summary = sft.run_sft(cfg)
+    return {**clock.steady(params["warmup"]), "final_eval_loss": summary.get("eval_loss"),
+            "optimizer": "torch.optim.AdamW (torch default: single-tensor on CPU)"}
 
 
 def rlhfkit_pretrain(params: dict) -> dict:
-    return _rlhfkit_fit(params, "pretrain_data", params["pretrain_batch_size"], lr=3e-3)
+    """rlhfkit.loop.fit with rlhfkit.sft.lm_objective on packed blocks -- what `rlhfkit pretrain` trains."""
+    from rlhfkit.config import OptimConfig, TrainConfig
+    from rlhfkit.data import Encoded, collate
+    from rlhfkit.loop import fit, make_accelerator
+    from rlhfkit.models import load_causal_lm
+    from rlhfkit.config import ModelConfig
+    from rlhfkit.sft import lm_objective
+    from rlhfkit.tracking import Run
+
+    cfg = TrainConfig(batch_size=params["batch_size"], max_steps=params["steps"], threads=params["threads"],
+                      progress=False, save_every=10**9)
+    accelerator = make_accelerator(cfg)
+    model, tokenizer = load_causal_lm(ModelConfig(name=params["model"]))
+    blocks = [Encoded(r["input_ids"], r["loss_mask"]) for r in map(json.loads, Path(params["blocks"]).open())]
+    clock = common.StepClock()
+
+    def timed_objective(m, batch):
+        clock.tick(common.real_tokens(batch), params["batch_size"])
+        return lm_objective(m, batch)
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        fit(timed_objective, model, blocks, lambda ex: collate(ex, tokenizer.pad_token_id), cfg, OptimConfig(lr=3e-3),
+            Run(run_dir), accelerator)
+    return clock.steady(params["warmup"])
 
 
 def trl_sft(params: dict) -> dict:
-    """TRL SFTTrainer on pre-tokenised ids + completion masks; bf16 and checkpointing off (see docstring)."""
+    """TRL SFTTrainer on rlhfkit's token ids + completion masks; bf16 and checkpointing off (see docstring)."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    rows = [json.loads(line) for line in Path(params["sft_data"]).read_text().splitlines()]
+    rows = [json.loads(line) for line in Path(params["ids"]).read_text().splitlines()]
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["loss_mask"]} for r in rows])
     with tempfile.TemporaryDirectory() as out:
         cfg = SFTConfig(output_dir=out, per_device_train_batch_size=params["batch_size"],
-                        max_steps=params["steps"], learning_rate=1e-4, warmup_steps=10, lr_scheduler_type="cosine",
-                        max_grad_norm=1.0, max_length=params["max_length"], completion_only_loss=True, packing=False,
-                        bf16=False, fp16=False, gradient_checkpointing=False, activation_checkpointing=False,
+                        max_steps=params["steps"], learning_rate=1e-4, lr_scheduler_type="cosine", max_grad_norm=1.0,
+                        # padding_free refuses a max_length it would not enforce; the ids already fit
+                        max_length=None if params.get("padding_free") else params["max_length"],
+                        completion_only_loss=True, packing=False,
+                        padding_free=params.get("padding_free", False), bf16=False, fp16=False,
+                        gradient_checkpointing=False, activation_checkpointing=False,
                         model_init_kwargs={"dtype": torch.float32}, use_cpu=not torch.cuda.is_available(),
                         save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=10, seed=0,
                         dataloader_num_workers=0)
@@ -123,18 +152,12 @@ def trl_sft(params: dict) -> dict:
         assert not getattr(trainer.model, "is_gradient_checkpointing", False), "checkpointing must be off"
         assert next(trainer.model.parameters()).dtype == torch.float32
         clock = common.StepClock()
-        inner = trainer.training_step
-
-        def timed_step(model, inputs, *args, **kwargs):
-            clock.tick(int(inputs["attention_mask"].sum()))
-            return inner(model, inputs, *args, **kwargs)
-
-        trainer.training_step = timed_step
-        common.mark_train_start()
+        common.time_trainer_steps(trainer, clock, params["batch_size"])
         trainer.train()
     opt = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
     flags = {k: opt.defaults.get(k) for k in ("fused", "foreach") if opt.defaults.get(k) is not None}
-    return {**clock.steady(params["warmup"]), "optimizer": f"{type(opt).__module__}.{type(opt).__name__} {flags}"}
+    return {**clock.steady(params["warmup"]), "optimizer": f"{type(opt).__module__}.{type(opt).__name__} {flags}",
+            "attn_implementation": trainer.model.config._attn_implementation}
 
 
 SIDES = {"rlhfkit": rlhfkit_sft, "trl": trl_sft, "rlhfkit_pretrain": rlhfkit_pretrain}
@@ -142,34 +165,46 @@ SIDES = {"rlhfkit": rlhfkit_sft, "trl": trl_sft, "rlhfkit_pretrain": rlhfkit_pre
 
 # ------------------------------------------------------------------------------------------------ parent
 def prepare(args: Args, root: Path) -> dict:
-    """Save the tiny model once and write the tokenised SFT pairs and pretrain blocks both sides read."""
-    from rlhfkit.corpus import prefix_words, review_sft_pair
+    """Save the model once; write the text pairs (rlhfkit reads them), their token ids + completion masks as
+    rlhfkit encodes them (TRL gets those), and the pretrain blocks."""
     from rlhfkit.config import DataConfig
-    from rlhfkit.data import encode_sft_records
+    from rlhfkit.data import encode_sft_records, write_jsonl
     from rlhfkit.models import load_tokenizer
-    from rlhfkit.sft import pack_corpus
 
-    texts, source = common.corpus_texts()
-    model_dir = common.tiny_model_dir(root, texts, max_length=128)
+    model_dir, sizes = common.word_model_dir(root, args.shape)
     tokenizer = load_tokenizer(str(model_dir))
-    reviews, _ = common.corpus_texts(reviews_only=True)
-    pairs = [review_sft_pair(t, n) for t in reviews if (n := prefix_words(t, 0))][: args.records]
-    data_cfg = DataConfig(max_length=args.max_length, max_prompt_length=args.max_length // 2)
-    sft, stats = encode_sft_records(tokenizer, pairs, data_cfg)
-    blocks = pack_corpus(tokenizer, texts[: args.records], args.max_length)
-    paths = {"sft_data": root / "sft.jsonl", "pretrain_data": root / "pretrain.jsonl"}
-    for key, examples in (("sft_data", sft), ("pretrain_data", blocks)):
-        paths[key].write_text("".join(json.dumps({"input_ids": e.input_ids, "loss_mask": e.loss_mask}) + "\n"
-                                      for e in examples))
-    lengths = [len(e.input_ids) for e in sft]
-    return {"model": str(model_dir), **{k: str(v) for k, v in paths.items()}, "data_source": source,
-            "sft_examples": len(sft), "sft_mean_length": sum(lengths) / len(lengths),
-            "sft_mean_trained": sum(sum(e.loss_mask) for e in sft) / len(sft), "truncation": stats.as_dict(),
-            "pretrain_blocks": len(blocks)}
+    vocab, (lo, hi), rng = len(tokenizer), common.length_range(args.response_len), random.Random(0)
+    pairs = [{"prompt": common.word_text(rng, args.prompt_len, vocab),
+              "response": " " + common.word_text(rng, rng.randint(lo, hi), vocab)} for _ in range(args.records)]
+    write_jsonl(root / "pairs.jsonl", pairs)
+    encoded, stats = encode_sft_records(tokenizer, pairs, DataConfig(max_length=args.max_length,
+                                                                     max_prompt_length=args.prompt_len))
+    write_jsonl(root / "ids.jsonl", [{"input_ids": e.input_ids, "loss_mask": e.loss_mask} for e in encoded])
+    stream = [t for e in encoded for t in e.input_ids]
+    blocks = [stream[i : i + args.max_length] for i in range(0, len(stream) - args.max_length, args.max_length)]
+    write_jsonl(root / "blocks.jsonl", [{"input_ids": b, "loss_mask": [1] * len(b)} for b in blocks])
+    lengths = [len(e.input_ids) for e in encoded]
+    return {"model": str(model_dir), "pairs": str(root / "pairs.jsonl"), "ids": str(root / "ids.jsonl"),
+            "blocks": str(root / "blocks.jsonl"), **sizes, "examples": len(encoded),
+            "mean_length": sum(lengths) / len(lengths), "max_length_seen": max(lengths),
+            "mean_trained": sum(sum(e.loss_mask) for e in encoded) / len(encoded), "truncation": stats.as_dict()}
 
 
-KEYS = ("tokens_per_s", "tokens_per_s_pooled", "tokens_per_cpu_s", "step_s", "tokens_per_step", "peak_rss_mb", "train_rss_increase_mb",
-        "rss_at_train_start_mb", "cuda_peak_mb", "n_nonembed")
+def variants(args: Args) -> list[common.Variant]:
+    out = [common.Variant("rlhfkit", "rlhfkit")]
+    if args.trl:
+        out.append(common.Variant("TRL", "trl"))
+    if args.ablation:
+        out.append(common.Variant("rlhfkit, LM head plain", "rlhfkit", env={"RLHFKIT_LM_HEAD": "plain"}))
+    if args.trl and args.trl_padding_free:
+        out.append(common.Variant("TRL padding_free", "trl", params={"padding_free": True}))
+    if args.pretrain:
+        out.append(common.Variant("rlhfkit pretrain", "rlhfkit_pretrain"))
+    return out
+
+
+KEYS = ("tokens_per_s", "items_per_s", "tokens_per_s_pooled", "tokens_per_cpu_s", "step_s", "tokens_per_step",
+        "peak_rss_mb", "train_rss_increase_mb", "rss_at_train_start_mb", "cuda_peak_mb", "run_seconds")
 
 
 def run(args: Args) -> dict:
@@ -178,33 +213,41 @@ def run(args: Args) -> dict:
     if args.trl and importlib.util.find_spec("trl") is None:
         print("trl is not installed (pip install -e '.[bench]'); measuring rlhfkit alone", file=sys.stderr)
         args = replace(args, trl=False)
-    sides = ["rlhfkit"] + (["trl"] if args.trl else []) + (["rlhfkit_pretrain"] if args.pretrain else [])
+    threads = args.threads or common.SHAPES[args.shape]["threads"]
     with tempfile.TemporaryDirectory(prefix="rlhfkit-bench-sft-") as tmp:
         data = prepare(args, Path(tmp))
-        params = {**vars(args), **{k: data[k] for k in ("model", "sft_data", "pretrain_data")}}
-        roof = common.roofline(args.threads)
-        runs = common.interleave(__file__, sides, params, args.repeats, args.threads)
-    n = next((r["n_nonembed"] for r in runs["rlhfkit"] if "n_nonembed" in r), None)
+        params = {**vars(args), "threads": threads, "max_length": args.max_length,
+                  **{k: data[k] for k in ("model", "pairs", "ids", "blocks")}}
+        roof = common.roofline(threads)
+        runs = common.interleave(__file__, variants(args), params, args.repeats, threads)
+    n = data["non_embedding_params"]
     rows = []
-    for side in sides:
-        for r in runs[side]:  # each run against the roofline its own process measured right after it
+    for label, side_runs in runs.items():
+        for r in side_runs:  # each run against the roofline its own process measured right after it
             r["roofline_6N"] = common.model_flops_fraction(r["tokens_per_s"], n, r["roofline_gflops"])
-        summary = common.summarize(runs[side], KEYS + ("roofline_gflops", "roofline_6N"))
-        rows.append({"benchmark": "pretrain" if side.endswith("pretrain") else "sft",
-                     "side": side.replace("_pretrain", ""), **summary, "threads": args.threads,
-                     "optimizer": runs[side][0].get("optimizer")})
-    ratio = None
+        rows.append({"benchmark": "pretrain" if "pretrain" in label else "sft", "side": label,
+                     **common.summarize(side_runs, KEYS + ("roofline_gflops", "roofline_6N")), "threads": threads,
+                     "optimizer": side_runs[0].get("optimizer")})
+    ratio, targets = None, []
     if args.trl:
-        ratio = {k: rows[0][k] / rows[1][k] for k in ("tokens_per_s", "peak_rss_mb", "train_rss_increase_mb")
-                 if rows[0].get(k) and rows[1].get(k)}
-        ratio["tokens_per_s_paired"] = common.paired_ratio(runs, "rlhfkit", "trl")
-        ratio["tokens_per_cpu_s_paired"] = common.paired_ratio(runs, "rlhfkit", "trl", "tokens_per_cpu_s")
-    return {"args": vars(args), "data": {k: v for k, v in data.items() if not k.endswith("_data") and k != "model"},
-            "n_nonembed": n, "flops_per_token": "6 x non-embedding params (forward + backward)", "roofline": roof, "rows": rows, "ratio_rlhfkit_over_trl": ratio, "runs": runs}
+        ours, trl = rows[0], rows[1]
+        ratio = {"tokens_per_s": ours["tokens_per_s"] / trl["tokens_per_s"],
+                 "tokens_per_s_paired": common.paired_ratio(runs, "rlhfkit", "TRL"),
+                 "tokens_per_cpu_s_paired": common.paired_ratio(runs, "rlhfkit", "TRL", "tokens_per_cpu_s"),
+                 "peak_rss_mb": ours["peak_rss_mb"] / trl["peak_rss_mb"],
+                 "train_rss_increase_mb": ours["train_rss_increase_mb"] / trl["train_rss_increase_mb"]}
+        targets = common.target_rows([
+            (f"SFT {args.shape}: tokens/s (paired)", ratio["tokens_per_s_paired"], 1.5, ">="),
+            (f"SFT {args.shape}: training memory (RSS increase)", ratio["train_rss_increase_mb"], 0.5, "<="),
+            (f"SFT {args.shape}: peak RSS of the process", ratio["peak_rss_mb"], 0.5, "<=")])
+    return {"args": {**vars(args), "threads": threads}, "data": {k: v for k, v in data.items()
+                                                                 if k not in ("pairs", "ids", "blocks", "model")},
+            "flops_per_token": "6 x non-embedding params (forward + backward)", "roofline": roof, "rows": rows,
+            "ratio_rlhfkit_over_trl": ratio, "targets": targets, "runs": runs}
 
 
-COLUMNS = ("benchmark", "side", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "tokens_per_cpu_s", "peak_rss_mb",
-           "train_rss_increase_mb", "roofline_gflops", "roofline_6N", "threads", "load1_range")
+COLUMNS = ("benchmark", "side", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "items_per_s",
+           "tokens_per_cpu_s", "peak_rss_mb", "train_rss_increase_mb", "roofline_6N", "run_seconds", "load1_range")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -213,12 +256,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = tyro.cli(Args, args=sys.argv[1:] if argv is None else argv)
     result = run(args)
     path = common.write_result(NAME, result)
-    print(f"roofline: fp32 torch.mm {result['roofline']['gflops']:.1f} GFLOP/s median "
-          f"({result['roofline']['gflops_max']:.1f} best) at {args.threads} thread(s)")
+    d, threads = result["data"], result["args"]["threads"]
+    print(f"SFT, shape {args.shape} ({d['params'] / 1e6:.1f}M params, {d['non_embedding_params'] / 1e6:.1f}M "
+          f"non-embedding), batch {args.batch_size}, prompt {args.prompt_len} + response {args.response_len} + EOS "
+          f"(mean {d['mean_length']:.0f} tokens, {d['mean_trained']:.0f} trained), {threads} thread(s), "
+          f"{args.steps} steps (warmup {args.warmup}), {args.repeats} repeats; roofline fp32 torch.mm "
+          f"{result['roofline']['gflops']:.1f} GFLOP/s")
     common.print_table(result["rows"], COLUMNS)
     if result["ratio_rlhfkit_over_trl"]:
         print("rlhfkit / TRL: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratio_rlhfkit_over_trl"].items()
                                           if v is not None))
+        common.print_table(result["targets"], ("target", "rlhfkit / TRL", "wanted", "result"))
     print(f"written to {path}")
     return result
 

@@ -20,6 +20,10 @@ How a benchmark uses it (see bench_sft.py):
 - `roofline` measures fp32 torch.mm GFLOP/s in a child with the same threads, and every side measures it
   again right after its run (`roofline_gflops`: what the CPU gave that run); `model_flops_fraction` turns
   tokens/s into a fraction of it (6 x non-embedding params per token for forward + backward).
+- `SHAPES` / `word_model_dir`: the model shapes the benchmarks take (`--shape tiny|large`) and a word-level
+  tokenizer of exactly V entries (one word = one token, so lengths are exact and identical on both sides).
+- `Variant`: a row run from one side with extra params / environment (an ablation, e.g. RLHFKIT_LM_HEAD=plain).
+- `target_rows` turns measured ratios into a "target met / not met" table; nothing is asserted.
 - `write_result` writes bench/results/<name>.json (gitignored); `print_table` prints rows as text.
 """
 
@@ -36,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -128,11 +133,18 @@ class StepClock:
         self.times: list[float] = []
         self.cpu_times: list[float] = []
         self.tokens: list[int] = []
+        self.items: list[int] = []
 
-    def tick(self, tokens: int) -> None:
+    def tick(self, tokens: int, items: int = 0) -> None:
+        """tokens: real (non-padding) tokens the step runs; items: sequences or pairs it trains on (0: not counted).
+        The first tick also records the RSS at the start of training (`mark_train_start`): model loaded,
+        optimizer built, its state not yet allocated -- the same point on every side."""
+        if not self.times:
+            mark_train_start()
         self.times.append(time.perf_counter())
         self.cpu_times.append(time.process_time())
         self.tokens.append(int(tokens))
+        self.items.append(int(items))
 
     def steady(self, warmup: int) -> dict[str, float]:
         """Median tokens/s and step time over steps >= warmup; the pooled rate over the same steps; and tokens
@@ -143,21 +155,51 @@ class StepClock:
         if not durations:
             raise BenchError(f"no steady steps: {len(self.times)} steps timed, warmup {warmup}")
         rates = [n / d for n, d in zip(tokens, durations)]
-        return {"tokens_per_s": statistics.median(rates), "step_s": statistics.median(durations),
-                "tokens_per_s_pooled": sum(tokens) / sum(durations), "tokens_per_cpu_s": sum(tokens) / sum(cpu),
-                "steady_steps": len(durations), "tokens_per_step": statistics.mean(tokens)}
+        out = {"tokens_per_s": statistics.median(rates), "step_s": statistics.median(durations),
+               "tokens_per_s_pooled": sum(tokens) / sum(durations), "tokens_per_cpu_s": sum(tokens) / sum(cpu),
+               "steady_steps": len(durations), "tokens_per_step": statistics.mean(tokens)}
+        items = self.items[warmup : warmup + len(durations)]
+        if any(items):
+            out["items_per_s"] = statistics.median(n / d for n, d in zip(items, durations))
+            out["items_per_cpu_s"] = sum(items) / sum(cpu)
+        return out
+
+
+def real_tokens(batch: Any) -> int:
+    """Non-padding tokens of a batch: rlhfkit's TokenBatch / PrefixBatch (`attention_mask`, 1 on real columns) or
+    a Trainer's input dict (`attention_mask`, or `position_ids` when padding-free flattens the batch)."""
+    get = batch.get if isinstance(batch, dict) else lambda key: getattr(batch, key, None)
+    mask = get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        return int(mask.sum())
+    return int(get("position_ids").numel())
+
+
+def time_trainer_steps(trainer: Any, clock: StepClock, items_per_step: int) -> None:
+    """Tick `clock` at the start of every `trainer.training_step` (a transformers Trainer, e.g. TRL's) with the
+    real tokens of its inputs, so TRL's steps are timed like rlhfkit's objective calls (start to start)."""
+    inner = trainer.training_step
+
+    def timed_step(model: Any, inputs: dict, *args: Any, **kwargs: Any) -> Any:
+        clock.tick(real_tokens(inputs), items_per_step)
+        return inner(model, inputs, *args, **kwargs)
+
+    trainer.training_step = timed_step
 
 
 # ------------------------------------------------------------------------------------------- subprocesses
-def run_side(script: str | Path, side: str, params: dict, threads: int, timeout: float = 1800) -> dict:
-    """Run `side` of `script` in a fresh Python process; returns its figures plus memory, threads and load."""
+def run_side(script: str | Path, side: str, params: dict, threads: int, timeout: float = 1800,
+             env: dict[str, str] | None = None) -> dict:
+    """Run `side` of `script` in a fresh Python process (child_env plus `env`); returns its figures plus memory,
+    threads and load."""
     with tempfile.TemporaryDirectory(prefix="rlhfkit-bench-") as tmp:
         params_path, result_path = Path(tmp) / "params.json", Path(tmp) / "result.json"
         params_path.write_text(json.dumps({**params, "threads": threads}))
         before = load_average()
         cmd = [sys.executable, str(script), "--child", side, "--params", str(params_path), "--result",
                str(result_path)]
-        proc = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, env={**child_env(threads), **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout)
         if proc.returncode != 0 or not result_path.exists():
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
             raise BenchError(f"{Path(script).name} side {side!r} failed (exit {proc.returncode}):\n{tail}")
@@ -193,17 +235,34 @@ def child_main(sides: dict[str, Side], argv: Sequence[str] | None = None) -> boo
     return True
 
 
-def interleave(script: str | Path, sides: Sequence[str], params: dict, repeats: int, threads: int,
+@dataclass(frozen=True)
+class Variant:
+    """One row of a benchmark: side `side` of the script run with `params` overriding the shared ones and `env`
+    added to its environment (an ablation, e.g. env RLHFKIT_LM_HEAD=plain or params shared_prefix=False)."""
+
+    label: str
+    side: str
+    params: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+
+
+def interleave(script: str | Path, sides: Sequence[str | Variant], params: dict, repeats: int, threads: int,
                log: Callable[[str], None] | None = None) -> dict[str, list[dict]]:
-    """Run the sides A B A B ... `repeats` times each; returns every run's figures per side."""
+    """Run the sides (names, or Variants) A B A B ... `repeats` times each; returns every run's figures per side
+    name or Variant label. Wall time of each run is recorded as `run_seconds`."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    runs: dict[str, list[dict]] = {s: [] for s in sides}
+    variants = [s if isinstance(s, Variant) else Variant(s, s) for s in sides]
+    runs: dict[str, list[dict]] = {v.label: [] for v in variants}
     for r in range(repeats):
-        for side in sides:
-            result = run_side(script, side, params, threads)
-            runs[side].append(result)
-            log(f"  repeat {r + 1}/{repeats} {side}: {result.get('tokens_per_s', float('nan')):.0f} tokens/s, "
-                f"peak RSS {result['peak_rss_mb']:.0f} MiB, load {result['load1_before']:.2f}")
+        for v in variants:
+            t0 = time.perf_counter()
+            result = run_side(script, v.side, {**params, **v.params}, threads, env=v.env)
+            result["run_seconds"] = round(time.perf_counter() - t0, 1)
+            runs[v.label].append(result)
+            rate = (f"{result['items_per_s']:.2f} items/s, " if "items_per_s" in result else "") + \
+                f"{result.get('tokens_per_s', float('nan')):.0f} tokens/s"
+            log(f"  repeat {r + 1}/{repeats} {v.label}: {rate}, peak RSS {result['peak_rss_mb']:.0f} MiB, "
+                f"load {result['load1_before']:.2f}, {result['run_seconds']:.0f} s")
     return runs
 
 
@@ -278,6 +337,71 @@ def non_embedding_params(model: Any) -> int:
 def model_flops_fraction(tokens_per_s: float, n_params: int, roofline_gflops: float, factor: int = 6) -> float:
     """Achieved share of the matmul roofline: factor * N * tokens/s (6N = forward 2N + backward 4N)."""
     return factor * n_params * tokens_per_s / (roofline_gflops * 1e9)
+
+
+# ------------------------------------------------------------------------------------ shapes and word data
+SHAPES: dict[str, dict[str, Any]] = {
+    # rlhfkit's tiny preset with a 4,096-word vocabulary: quick, and the LM head is a small share of the work.
+    "tiny": {"arch": {"hidden_size": 192, "num_layers": 4, "num_heads": 4, "intermediate_size": 512,
+                      "max_positions": 512}, "vocab": 4096, "threads": 1},
+    # SmolLM2-135M's width, MLP and vocabulary with 4 layers: the LM head (V x d = 28.3M) is ~2x the blocks'
+    # parameters, so logits (B, T, 49152) dominate memory. 9 query heads; TinyArch gives key/value heads the same
+    # number (SmolLM2 has 3), which adds 2 x 4 x 576 x 384 parameters, ~10% of the blocks.
+    "large": {"arch": {"hidden_size": 576, "num_layers": 4, "num_heads": 9, "intermediate_size": 1536,
+                       "max_positions": 512}, "vocab": 49152, "threads": 2},
+}
+SPECIAL_TOKENS = ("<|pad|>", "<|endoftext|>", "<|bos|>", "<unk>")
+
+
+def word_tokenizer(vocab_size: int) -> Any:
+    """A word-level tokenizer of exactly `vocab_size` entries (4 special tokens, then words w0, w1, ...): one word
+    is one token and no special token is added by itself, so every side sees sequences of exactly the lengths
+    asked for."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = [f"w{i}" for i in range(vocab_size - len(SPECIAL_TOKENS))]
+    tok_obj = Tokenizer(models.WordLevel({w: i for i, w in enumerate([*SPECIAL_TOKENS, *words])}, unk_token="<unk>"))
+    tok_obj.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok_obj, pad_token="<|pad|>", eos_token="<|endoftext|>",
+                                   bos_token="<|bos|>", unk_token="<unk>", model_max_length=1024)
+
+
+def word_model_dir(out_dir: str | Path, shape: str, seed: int = 0) -> tuple[Path, dict[str, int]]:
+    """Save a randomly initialised (seeded) Llama-style model of SHAPES[shape] with its word tokenizer to
+    out_dir/model; returns the folder and the parameter counts (all, non-embedding; embeddings are tied)."""
+    from rlhfkit.config import TinyArch
+    from rlhfkit.models import build_tiny, save_model
+
+    spec = SHAPES[shape]
+    tokenizer = word_tokenizer(spec["vocab"])
+    model = build_tiny(tokenizer, TinyArch(**spec["arch"]), seed)
+    path = save_model(model, tokenizer, Path(out_dir) / "model")
+    return Path(path), {"params": sum(p.numel() for p in model.parameters()),
+                        "non_embedding_params": non_embedding_params(model)}
+
+
+def word_text(rng: Any, n: int, vocab_size: int) -> str:
+    """n random words of the word tokenizer (n tokens exactly)."""
+    return " ".join(f"w{rng.randrange(vocab_size - len(SPECIAL_TOKENS))}" for _ in range(n))
+
+
+def length_range(spec: str) -> tuple[int, int]:
+    """'64:128' -> (64, 128) (inclusive, drawn uniformly); '96' -> (96, 96)."""
+    lo, _, hi = spec.partition(":")
+    return int(lo), int(hi or lo)
+
+
+# ------------------------------------------------------------------------------------------------ targets
+def target_rows(checks: Sequence[tuple[str, float | None, float, str]]) -> list[dict]:
+    """(what, measured rlhfkit / TRL ratio, target, '>=' or '<=') -> rows with a 'target met / not met' column.
+    Printed with the figures, never asserted: a benchmark on a shared machine is evidence, not a test."""
+    rows = []
+    for what, value, target, op in checks:
+        met = None if value is None else (value >= target if op == ">=" else value <= target)
+        rows.append({"target": what, "rlhfkit / TRL": value, "wanted": f"{op} {target:g}",
+                     "result": "n/a" if met is None else "target met" if met else "not met"})
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------- roofline
