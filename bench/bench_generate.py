@@ -3,6 +3,10 @@
     OMP_WAIT_POLICY=PASSIVE python bench/bench_generate.py [--threads 2] [--repeats 9] [--batch 16]
                                                            [--prompt-len 64] [--new-tokens 64]
 
+Sides: `rlhfkit` (the sampler as shipped: for Llama models each decode step is the lean step of
+`rlhfkit.decode`), `rlhfkit_no_lean` (the ablation: the same sampler with RLHFKIT_LEAN_DECODE=0, set around each
+of its calls, so every decode step is transformers' forward over the StaticCache) and `transformers_generate`.
+
 Model: a randomly initialised Llama (seed 0): hidden 256, 8 layers, 4 heads, MLP 688, vocabulary 8192, tied
 embeddings, sdpa, fp32 -- 8,425,728 parameters (6,328,576 outside the embedding). Prompts: `--batch` random
 token sequences of `--prompt-len` tokens (no padding). Both sides sample from the model's own distribution
@@ -10,16 +14,18 @@ token sequences of `--prompt-len` tokens (no padding). Both sides sample from th
 both make exactly batch x new-tokens tokens per call; `generate` gets `do_sample=True` and the same
 `pad/eos` ids.
 
-Both sides run in one process on the same model, alternating A B A B (`--repeats` calls each, after one
-warmup call each), so drifts in how busy the shared machine is hit both alike; the 1-minute load average is
+All sides run in one process on the same model, in turn (A B C A B C; `--repeats` calls each, after one
+warmup call each), so drifts in how busy the shared machine is hit all alike; the 1-minute load average is
 recorded before every call. Figures: new tokens per second of wall time (median over calls, with min and
-max), new tokens per CPU-second of the process (less sensitive to other processes), the paired ratio (median
-of per-repeat ratios of neighbouring calls), and the fp32 `torch.mm` roofline of the same threads.
+max), new tokens per CPU-second of the process (less sensitive to other processes), the paired ratios against
+`generate` (median of per-repeat ratios of neighbouring calls), and the fp32 `torch.mm` roofline of the same
+threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -62,7 +68,14 @@ def sides(model, prompts: list[list[int]], new_tokens: int) -> dict:
         sample(model, prompts, PAD, EOS, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                batch_size=len(prompts), seed=0)
 
-    return {"rlhfkit": rlhfkit, "transformers_generate": hf}
+    def rlhfkit_no_lean():  # RLHFKIT_LEAN_DECODE is read at each call
+        os.environ["RLHFKIT_LEAN_DECODE"] = "0"
+        try:
+            rlhfkit()
+        finally:
+            del os.environ["RLHFKIT_LEAN_DECODE"]
+
+    return {"rlhfkit": rlhfkit, "rlhfkit_no_lean": rlhfkit_no_lean, "transformers_generate": hf}
 
 
 def measure(calls: dict, repeats: int, tokens: int) -> dict[str, list[dict]]:
@@ -89,6 +102,14 @@ def summary_row(name: str, runs: list[dict]) -> dict:
             "load1_range": [min(loads), max(loads)]}
 
 
+def ratios_to_generate(side: str, runs: dict[str, list[dict]], rows: dict[str, dict]) -> tuple[float, float, float]:
+    """`side` over `generate`: (ratio of median tokens/s, median of per-repeat ratios, ratio of tokens/CPU-s)."""
+    other = "transformers_generate"
+    paired = statistics.median(a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs[side], runs[other]))
+    return (rows[side]["tokens_per_s"] / rows[other]["tokens_per_s"], paired,
+            rows[side]["tokens_per_cpu_s"] / rows[other]["tokens_per_cpu_s"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -107,19 +128,20 @@ def main() -> None:
     prompts = torch.randint(3, model.config.vocab_size, (args.batch, args.prompt_len), generator=generator).tolist()
     tokens = args.batch * args.new_tokens
     runs = measure(sides(model, prompts, args.new_tokens), args.repeats, tokens)
-    rows = [summary_row(name, r) for name, r in runs.items()]
-    common.print_table(rows, ["side", "tokens_per_s", "min", "max", "tokens_per_cpu_s", "load1_range"])
-    ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
-    paired = statistics.median(a["tokens_per_s"] / b["tokens_per_s"]
-                               for a, b in zip(runs["rlhfkit"], runs["transformers_generate"]))
-    cpu_ratio = rows[0]["tokens_per_cpu_s"] / rows[1]["tokens_per_cpu_s"]
-    print(f"\nrlhfkit sampler / transformers generate: {ratio:.2f}x tokens/s by medians, {paired:.2f}x paired, "
-          f"{cpu_ratio:.2f}x per CPU-second ({n_params:,} parameters, {args.batch} x {args.prompt_len} prompt "
-          f"tokens, {args.new_tokens} new tokens, {args.threads} thread(s), roofline "
-          f"{roofline['gflops']:.0f} GFLOP/s)")
+    rows = {name: summary_row(name, r) for name, r in runs.items()}
+    common.print_table(list(rows.values()), ["side", "tokens_per_s", "min", "max", "tokens_per_cpu_s", "load1_range"])
+    ratios = {side: ratios_to_generate(side, runs, rows) for side in ("rlhfkit", "rlhfkit_no_lean")}
+    print(f"\n({n_params:,} parameters, {args.batch} x {args.prompt_len} prompt tokens, {args.new_tokens} new tokens, "
+          f"{args.threads} thread(s), roofline {roofline['gflops']:.0f} GFLOP/s)")
+    for side, (ratio, paired, cpu_ratio) in ratios.items():
+        print(f"{side} / transformers generate: {ratio:.2f}x tokens/s by medians, {paired:.2f}x paired, "
+              f"{cpu_ratio:.2f}x per CPU-second")
+    ratio, paired, cpu_ratio = ratios["rlhfkit"]
     path = common.write_result("generate", {
         "params": vars(args), "model_params": n_params, "roofline_gflops": roofline["gflops"], "runs": runs,
-        "summary": rows, "speedup_tokens_per_s": ratio, "speedup_paired": paired, "speedup_cpu": cpu_ratio})
+        "summary": list(rows.values()), "speedup_tokens_per_s": ratio, "speedup_paired": paired,
+        "speedup_cpu": cpu_ratio, "no_lean_speedups": dict(zip(("tokens_per_s", "paired", "cpu"),
+                                                                ratios["rlhfkit_no_lean"]))})
     print(f"written to {path}")
 
 

@@ -124,8 +124,9 @@ def test_pad_equals_eos_still_learns_to_emit_eos(tiny_tokenizer, tiny_model):
     loss, _ = lm_objective(tiny_model, batch)
     loss.backward()
     handle.remove()
-    grad = logits_grad["out"].grad  # (B, T, V)
-    last = len(examples[1].input_ids) - 1  # index of row 1's real EOS
+    grad = logits_grad["out"].grad  # (B, K, V): the LM head runs on the last K columns only (logits_to_keep)
+    skipped = batch.input_ids.shape[1] - grad.shape[1]  # prompt columns that never reach the head
+    last = len(examples[1].input_ids) - 1 - skipped  # kept column of row 1's real EOS
     assert grad[1, last - 1, eos] < 0  # descending the loss raises the EOS logit before the real EOS
     assert torch.all(grad[1, last:] == 0)  # nothing after it (padding) is trained
 

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from rlhfkit import generation, ppo
+from rlhfkit import decode, generation, ppo
 from rlhfkit.config import parse
 from rlhfkit.data import encode_prompt, read_located, write_jsonl
 from rlhfkit.generation import TorchSampler, response_logprobs, sample
@@ -26,14 +26,20 @@ def model_with(tiny_tokenizer, tiny_arch, attn: str):
     return model
 
 
-@pytest.fixture(params=[("sdpa", True), ("eager", True), ("sdpa", False)], ids=["sdpa", "eager", "2d-mask"])
+@pytest.fixture(params=[("sdpa", True, True), ("eager", True, True), ("sdpa", True, False), ("sdpa", False, True)],
+                ids=["sdpa-lean", "eager-lean", "sdpa", "2d-mask"])
 def model(request, tiny_tokenizer, tiny_arch, monkeypatch):
-    """Every mask path of the sampler: a 4D additive mask under sdpa and eager, and the 2D mask that transformers
-    turns into each step's mask (the path for flash attention and sliding-window layers)."""
-    attn, additive = request.param
+    """Every decode path of the sampler: the lean Llama step (`rlhfkit.decode`) under sdpa and eager, transformers'
+    forward with a 4D additive mask (lean step off), and the 2D mask that transformers turns into each step's mask
+    (the path for flash attention and sliding-window layers)."""
+    attn, additive, lean = request.param
     if not additive:
         monkeypatch.setattr(generation, "_takes_additive_mask", lambda config: False)
-    return model_with(tiny_tokenizer, tiny_arch, attn)
+    if not lean:
+        monkeypatch.setenv("RLHFKIT_LEAN_DECODE", "0")
+    model = model_with(tiny_tokenizer, tiny_arch, attn)
+    assert (decode.lean_model(model) is model) == (additive and lean)
+    return model
 
 
 @torch.no_grad()
@@ -109,6 +115,115 @@ def test_the_additive_mask_only_where_transformers_uses_it_as_given():
     sliding = config("sdpa")
     sliding.layer_types = ["sliding_attention", "full_attention"]
     assert not generation._takes_additive_mask(sliding)
+
+
+# ------------------------------------------------------------------------------------ the lean decode step
+def llama(num_key_value_heads: int, tie: bool, **kw):
+    """A small Llama with weights large enough (std 0.3) that attention is far from uniform, so a wrong position,
+    mask column or K/V slot moves the logits well past the tolerance."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=num_key_value_heads, max_position_embeddings=64,
+                         tie_word_embeddings=tie, initializer_range=0.3, pad_token_id=0, **kw)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("kv_heads, tie, extra", [(4, True, {}), (2, False, {}),
+                                                  (1, True, {"attention_bias": True, "head_dim": 16})],
+                         ids=["mha-tied", "gqa-untied", "mqa-bias-headdim"])
+def test_the_lean_step_gives_the_logits_of_transformers_forward(kv_heads, tie, extra):
+    """Left-padded prompts of three lengths, a prefill, then 6 decode steps fed the same tokens on both paths: the
+    lean step's logits equal those of transformers' forward over its own StaticCache at every step."""
+    from transformers import StaticCache
+
+    model = llama(kv_heads, tie, **extra)
+    assert decode.lean_model(model) is model
+    prompt_ids, prompt_mask = generation.left_pad([[5, 6, 7, 8, 9], [10, 11], [12]], pad_id=0)
+    (N, P), A = prompt_ids.shape, 6
+    attn = torch.cat([prompt_mask, torch.zeros(N, A, dtype=torch.long)], 1)  # (N, P + A)
+    mask = torch.zeros(N, 1, 1, P + A).masked_fill(attn[:, None, None, :] == 0, torch.finfo(torch.float32).min)
+    caches = [StaticCache(config=model.config, max_cache_len=P + A) for _ in range(2)]
+    pos = positions(prompt_mask)  # (N, P)
+    with torch.no_grad():
+        for cache in caches:
+            model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, cache=cache, use_cache=True)
+        step = decode.lean_step(model, caches[1], mask)
+        tokens = torch.randint(1, 64, (A, N), generator=torch.Generator().manual_seed(0))
+        pos = pos[:, -1:]
+        for t in range(A):
+            mask[..., P + t] = 0
+            pos = pos + 1
+            want = model(input_ids=tokens[t][:, None], attention_mask=mask, position_ids=pos, cache=caches[0],
+                         use_cache=True).logits[:, -1]  # (N, V)
+            got = step(tokens[t], pos, P + t)  # (N, V)
+            assert want.std() > 1.0  # logits far from flat: a wrong position or mask would show
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_the_sampler_runs_only_the_prefill_through_transformers_forward(tiny_tokenizer, tiny_arch, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    model = model_with(tiny_tokenizer, tiny_arch, "sdpa")
+    # counted on the class (a forward hook or a forward set on the instance would turn the lean step off)
+    forward, calls = LlamaForCausalLM.forward, []
+    monkeypatch.setattr(LlamaForCausalLM, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
+    prompts = [encode_prompt(tiny_tokenizer, p) for p in PROMPTS]
+    r = sample(model, prompts, tiny_tokenizer.pad_token_id, -1, max_new_tokens=5, temperature=0.0)
+    assert r.response_ids.shape[1] == 5 and len(calls) == 1
+    monkeypatch.setenv("RLHFKIT_LEAN_DECODE", "0")  # read at each call: transformers' forward for every token
+    calls.clear()
+    assert torch.equal(sample(model, prompts, tiny_tokenizer.pad_token_id, -1, max_new_tokens=5,
+                              temperature=0.0).response_ids, r.response_ids)
+    assert len(calls) == 5
+
+
+def test_models_the_lean_step_does_not_cover_fall_back(tiny_tokenizer, tiny_arch):
+    from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_embd=32, n_layer=2, n_head=2,
+                                      n_positions=64)).eval()
+    mistral = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                               sliding_window=4))
+    flash, hooked, wrapped = llama(2, True), llama(2, True), llama(2, True)
+    flash.config._attn_implementation = "flash_attention_2"
+    hooked.model.register_forward_pre_hook(lambda module, args: None)  # the lean step would skip these
+    wrapped.forward = torch.autocast("cpu", dtype=torch.bfloat16)(wrapped.forward)  # as accelerate's autocast
+    assert decode.lean_model(llama(2, True)) is not None
+    for other in (gpt2, mistral, flash, hooked, wrapped):
+        assert decode.lean_model(other) is None
+    # the fallback still samples right: greedy equals the no-cache decode on GPT-2
+    prompts = [encode_prompt(tiny_tokenizer, p) for p in PROMPTS]
+    r = sample(gpt2, prompts, tiny_tokenizer.pad_token_id, -1, max_new_tokens=6, temperature=0.0)
+    for row, prompt in enumerate(prompts):
+        assert r.response_ids[row].tolist() == greedy_without_cache(gpt2, prompt, 6, eos_id=-1)
+
+
+def test_a_lora_model_takes_the_lean_step_with_its_adapters(tiny_tokenizer, tiny_arch):
+    """peft LoRA replaces the attention projections with modules the lean step calls like the projections they
+    wrap; with nonzero adapters (and adapter dropout, off while sampling) the sampled log-probs still equal a
+    fresh eval-mode forward of the peft model."""
+    from rlhfkit.config import LoRAConfig
+    from rlhfkit.models import apply_lora
+
+    model = apply_lora(model_with(tiny_tokenizer, tiny_arch, "sdpa"), LoRAConfig(r=4, alpha=8, dropout=0.1)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    assert decode.lean_model(model) is model.get_base_model()
+    tok, kw = tiny_tokenizer, dict(temperature=0.7, min_new_tokens=4)
+    prompts = [encode_prompt(tok, p) for p in PROMPTS]
+    r = sample(model, prompts, tok.pad_token_id, tok.eos_token_id, num_samples=2, max_new_tokens=8, seed=1, **kw)
+    with torch.no_grad():
+        fresh = response_logprobs(model, r, eos_id=tok.eos_token_id, **kw)  # (N, A)
+        with model.disable_adapter():
+            plain = response_logprobs(model, r, eos_id=tok.eos_token_id, **kw)
+    torch.testing.assert_close(r.logprobs, fresh, atol=1e-5, rtol=0)
+    assert (r.logprobs - plain).abs().max() > 1e-2  # the adapters do change the distribution
 
 
 # ------------------------------------------------------------------------------------ the RL step's skip

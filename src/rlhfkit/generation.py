@@ -22,7 +22,8 @@ old log-probs with the training forward). Not built here: vLLM is not a dependen
 Speed (CPU, `bench/bench_generate.py`): a static KV cache (transformers' StaticCache) of P + A columns, one
 attention mask over those columns whose future columns are switched on as tokens arrive, the prefill's LM
 head on its last column only, all uniforms of a batch drawn up front, and no per-step allocation that can be
-hoisted.
+hoisted. For Llama models each decode step skips transformers' forward for a tight loop over the model's own
+layers (`rlhfkit.decode`, exact to float rounding; RLHFKIT_LEAN_DECODE=0 turns it off).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 
 import torch
 
+from rlhfkit.decode import Step, lean_model, lean_step
 from rlhfkit.logprobs import eval_mode
 # Scoring a rollout lives in rlhfkit.logprobs and the distribution in rlhfkit.sampling; these names stay
 # importable from here, where callers of the sampler look for them.
@@ -55,16 +57,17 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def _draw(logprobs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def _draw(logprobs: torch.Tensor, u: torch.Tensor, cdf: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row (N,) from the categorical exp(logprobs) (N, V): the first token whose CDF exceeds
-    u * total, u (N,) uniforms in [0, 1).
+    u * total, u (N,) uniforms in [0, 1). cdf: an optional float64 (N, V) buffer the CDF is written into (a
+    fresh 1 MB float64 tensor per step cost ~0.8 ms on the CPU in allocation and page faults, 8x the scan).
 
     Exact inverse-CDF sampling, the CDF summed in float64. torch.multinomial on the CPU took ~16 ms for
     256 x 4096 per step (a fifth of evaluation time); this takes ~1 ms, and only the uniforms come from the CPU
     generator, so the probabilities stay on the model's device. A token of probability 0 (forbidden EOS, outside
     top-p) is a flat step of the CDF and is never drawn; u < 1 in float32 keeps u * total below the last value.
     """
-    cdf = logprobs.exp().cumsum(-1, dtype=torch.float64)  # (N, V)
+    cdf = torch.cumsum(logprobs.exp(), -1, dtype=torch.float64, out=cdf)  # (N, V)
     return torch.searchsorted(cdf, u.to(cdf)[:, None] * cdf[:, -1:], right=True).squeeze(-1)  # (N,)
 
 
@@ -84,6 +87,21 @@ def _takes_additive_mask(config: Any) -> bool:
     sliding = getattr(config, "sliding_window", None) is not None and not layer_types
     return (config._attn_implementation in ("eager", "sdpa") and not sliding
             and all(t == "full_attention" for t in layer_types))
+
+
+def _decode_step(model: Any, cache: Any, mask: torch.Tensor, attn: torch.Tensor) -> Step:
+    """The per-token forward `step(tok (N,), pos (N, 1), column) -> logits (N, V)` after the prefill: the lean
+    Llama step (`rlhfkit.decode`) where the model qualifies and the mask is additive, else transformers' forward
+    with the StaticCache (which tracks the column itself)."""
+    lean = lean_model(model) if mask is not attn else None
+    if lean is not None:
+        return lean_step(lean, cache, mask)
+
+    def step(tok: torch.Tensor, pos: torch.Tensor, column: int) -> torch.Tensor:
+        return model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, cache=cache,
+                     use_cache=True).logits[:, -1]  # (N, V)
+
+    return step
 
 
 @torch.no_grad()
@@ -114,15 +132,17 @@ def _sample_chunk(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(N, 1, 1, P + A, dtype=dtype, device=device).masked_fill(
             attn[:, None, None, :] == 0, torch.finfo(dtype).min)
+    forward = _decode_step(model, cache, mask, attn)
     tokens = torch.full((N, A), pad_id, dtype=torch.long, device=device)  # (N, A)
     logps = torch.zeros(N, A, device=device)  # (N, A)
     live = torch.zeros(N, A, dtype=torch.bool, device=device)  # (N, A)
     done = torch.zeros(N, dtype=torch.bool, device=device)  # (N,)
     constraint, every = cfg.constraint(eos_id), check_every or _check_every(device)
+    cdf = torch.empty(logits.shape, dtype=torch.float64, device=device)  # (N, V) _draw's buffer
     for step in range(A):
         logits = constrain_logits(logits.float(), step, **constraint)  # (N, V)
         logprobs = logits.log_softmax(-1)  # (N, V) renormalised under the constraint
-        tok = _draw(logprobs, uniforms[step]) if cfg.temperature > 0 else logits.argmax(-1)  # (N,)
+        tok = _draw(logprobs, uniforms[step], cdf) if cfg.temperature > 0 else logits.argmax(-1)  # (N,)
         live[:, step] = ~done
         tokens[:, step] = tok.masked_fill(done, pad_id)
         logps[:, step] = logprobs.gather(-1, tok[:, None]).squeeze(-1).masked_fill(done, 0.0)
@@ -131,8 +151,7 @@ def _sample_chunk(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int
             break
         mask[..., P + step] = 1 if mask is attn else 0  # the new token's column joins the context
         pos = pos + 1
-        logits = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, cache=cache,
-                       use_cache=True).logits[:, -1]  # (N, V)
+        logits = forward(tok, pos, P + step)  # (N, V)
     width = int(live.any(0).sum())  # columns up to the step where the last row ended
     return Rollout(prompt_ids, prompt_mask, tokens[:, :width].cpu(), live[:, :width].long().cpu(),
                    logps[:, :width].cpu(), done.cpu())
