@@ -15,12 +15,14 @@ Design choices (and where they depart from the papers):
   disabled (no second copy in memory).
 - Dropout is off for the whole run (the policy is kept in eval mode during training too, as TRL's RL trainers
   do). Old log-probs are computed by the very forward function training uses, on the same minibatches as the
-  first epoch, so the importance ratio is exactly 1 on the first minibatch.
+  first epoch, so the importance ratio is exactly 1 on the first minibatch. With one epoch and no value head
+  (RLOO, GRPO) the sampler's own log-probs are the old log-probs and that forward is skipped
+  (`rlhfkit.ppo.step`); the first ratio is then 1 to float rounding (~5e-7).
 - Log-probs everywhere (rollout, old, reference, training) are those of the distribution the samples came
   from, `rlhfkit.sampling.constrain_logits`: logits / temperature with EOS forbidden at response steps
   < min_new_tokens, renormalised; applied identically to the policy and the reference. So the shaped reward,
   objective/kl and the adaptive controller see the true KL of the sampling distributions (a policy that only
-  raises the EOS logit, with EOS forbidden, has KL 0), and the first-minibatch ratio stays exactly 1.
+  raises the EOS logit, with EOS forbidden, has KL 0), and the first-minibatch ratio stays 1.
 - top_p < 1 and temperature 0 are refused (`check_config`): under top-p a sampled token can lie outside the
   reference's nucleus (probability 0: infinite KL), and greedy decoding has no log-probs to train on.
 - Value-free estimators (rloo, grpo) put the KL penalty into a sequence-level reward:
