@@ -482,8 +482,8 @@ REPLICATED_STAGES: list[NamedStage] = [
 ]
 """Repeated per seed replicate, followed by every method's training run."""
 ESTIMATES = {  # seconds per stage on 2 CPU cores, used only for the ETA line (the judge's: `stage_seconds`)
-    "tiny": {"corpus": 3, "pretrain": 280, "sft": 55, "prompts": 1, "sample": 10, "label": 1, "reward_model": 30,
-             "method": 40, "evaluate": 150, "report": 2},
+    "tiny": {"corpus": 3, "pretrain": 215, "sft": 25, "prompts": 1, "sample": 5, "label": 1, "reward_model": 18,
+             "method": 19, "ppo": 31, "ppo-gt": 30, "evaluate": 130, "report": 2},  # measured 2026-11-29, README
     "smoke": {"corpus": 3, "pretrain": 10, "sft": 5, "prompts": 1, "sample": 3, "label": 1, "reward_model": 5,
               "method": 8, "evaluate": 30, "report": 3},
     "smollm2": {"corpus": 3, "pretrain": 0, "sft": 600, "prompts": 1, "sample": 120, "label": 2,
