@@ -35,7 +35,6 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -44,19 +43,9 @@ NAME = "dpo"
 
 
 @dataclass(frozen=True)
-class Args:
+class Args(common.RunArgs):
     """bench_dpo: rlhfkit DPO vs TRL DPOTrainer pairs/s and memory."""
 
-    shape: Literal["tiny", "large"] = "large"
-    """Model shape (common.SHAPES): large = hidden 576, 4 layers, vocabulary 49,152; tiny = the tiny preset."""
-    threads: int | None = None
-    """torch threads for every side; default: the shape's (large 2, tiny 1)."""
-    repeats: int = 2
-    """Runs per row, interleaved A B A B; figures are medians over runs."""
-    steps: int = 6
-    """Optimizer steps per run."""
-    warmup: int = 2
-    """Steps left out of the steady-state median."""
     batch: int = 8
     """Pairs per optimizer step (2 x batch sequences), no gradient accumulation."""
     prompt_len: int = 64

@@ -31,7 +31,6 @@ import tempfile
 from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
-from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -40,19 +39,9 @@ NAME = "rm"
 
 
 @dataclass(frozen=True)
-class Args:
+class Args(common.RunArgs):
     """bench_rm: rlhfkit reward-model training vs TRL RewardTrainer pairs/s and memory."""
 
-    shape: Literal["tiny", "large"] = "large"
-    """Model shape (common.SHAPES): large = hidden 576, 4 layers, vocabulary 49,152; tiny = the tiny preset."""
-    threads: int | None = None
-    """torch threads for every side; default: the shape's (large 2, tiny 1)."""
-    repeats: int = 2
-    """Runs per row, interleaved A B A B; figures are medians over runs."""
-    steps: int = 6
-    """Optimizer steps per run."""
-    warmup: int = 2
-    """Steps left out of the steady-state median."""
     groups: int = 8
     """Prompts per optimizer step (k = 2: preference pairs per step)."""
     k: int = 2

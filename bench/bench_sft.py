@@ -31,7 +31,6 @@ import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -40,19 +39,9 @@ NAME = "sft"
 
 
 @dataclass(frozen=True)
-class Args:
+class Args(common.RunArgs):
     """bench_sft: rlhfkit SFT vs TRL SFTTrainer (and optional rlhfkit pretrain) tokens/s and memory."""
 
-    shape: Literal["tiny", "large"] = "large"
-    """Model shape (common.SHAPES): large = hidden 576, 4 layers, vocabulary 49,152; tiny = the tiny preset."""
-    threads: int | None = None
-    """torch threads for every side; default: the shape's (large 2, tiny 1)."""
-    repeats: int = 2
-    """Runs per side, interleaved A B A B; figures are medians over runs."""
-    steps: int = 6
-    """Optimizer steps per run."""
-    warmup: int = 2
-    """Steps left out of the steady-state median."""
     batch_size: int = 8
     """Sequences per optimizer step, both sides; no gradient accumulation."""
     prompt_len: int = 64

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -51,6 +51,22 @@ Side = Callable[[dict], dict]
 
 class BenchError(RuntimeError):
     """A side failed; the message carries the tail of its stderr."""
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """The options every training benchmark shares (each script's `Args` adds its own)."""
+
+    shape: Literal["tiny", "large"] = "large"
+    """Model shape (SHAPES): large = hidden 576, 4 layers, vocabulary 49,152; tiny = the tiny preset."""
+    threads: int | None = None
+    """torch threads for every side; default: the shape's (large 2, tiny 1)."""
+    repeats: int = 2
+    """Runs per row, interleaved A B A B; figures are medians over runs."""
+    steps: int = 6
+    """Optimizer steps per run."""
+    warmup: int = 2
+    """Steps left out of the steady-state median."""
 
 
 # ------------------------------------------------------------------------------------------ machine and load
