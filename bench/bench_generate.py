@@ -137,7 +137,9 @@ def main() -> None:
         print(f"{side} / transformers generate: {ratio:.2f}x tokens/s by medians, {paired:.2f}x paired, "
               f"{cpu_ratio:.2f}x per CPU-second")
     ratio, paired, cpu_ratio = ratios["rlhfkit"]
-    path = common.write_result("generate", {
+    targets = common.target_rows([("sampler: new tokens/s vs transformers generate (paired)", paired, 1.2, ">=")])
+    common.print_table(targets, ["target", "rlhfkit / TRL", "wanted", "result"])
+    path = common.write_result("generate", {"targets": targets,
         "params": vars(args), "model_params": n_params, "roofline_gflops": roofline["gflops"], "runs": runs,
         "summary": list(rows.values()), "speedup_tokens_per_s": ratio, "speedup_paired": paired,
         "speedup_cpu": cpu_ratio, "no_lean_speedups": dict(zip(("tokens_per_s", "paired", "cpu"),

@@ -163,7 +163,10 @@ def main() -> None:
     print(f"\nrlhfkit rloo / TRL RLOOTrainer rollouts/s: {speedup:.2f}x by medians, {paired:.2f}x paired "
           f"(shape {args.shape}: {sizes['params']:,} parameters; group {args.group}, {args.prompts_per_step} "
           f"prompts/step, {args.prompt_len} prompt + {args.tokens} new tokens, {args.threads} thread(s))")
-    path = common.write_result("ppo", {"params": {k: v for k, v in params.items() if k not in ("model", "prompts",
+    targets = common.target_rows([(f"RLOO step, {args.prompt_len}-token prompts + {args.tokens} new tokens: "
+                                   "rollouts/s (paired)", paired, 1.5, ">=")])
+    common.print_table(targets, ["target", "rlhfkit / TRL", "wanted", "result"])
+    path = common.write_result("ppo", {"targets": targets, "params": {k: v for k, v in params.items() if k not in ("model", "prompts",
                                                                                                  "out")},
                                        "model": sizes, "threads": args.threads, "runs": runs, "summary": rows,
                                        "speedup_rollouts_per_s": speedup, "speedup_paired": paired})

@@ -6,7 +6,7 @@
 
 Each benchmark runs as its own process (a failure is reported and the others still run). Its results are
 bench/results/<name>.json or bench/results/bench_<name>.json, if it (re)wrote them while it ran; the rows of each
-(`"rows": [...]`, as `common.write_result` callers produce, or a `"table": {side: {...}}`) go into the combined
+(`"rows": [...]` or `"summary": [...]`, as `common.write_result` callers produce, or a `"table": {side: {...}}`) go into the combined
 table, and their `"targets"` rows (rlhfkit / TRL ratio, wanted, "target met / not met") into a combined targets
 table. The wall time of each benchmark and of the whole run, and the load before and after, are printed and saved.
 Exit status 1 if any benchmark failed.
@@ -55,7 +55,8 @@ def run_bench(script: Path, extra: list[str]) -> dict:
     rows, targets = [], []
     for path in results:
         data = json.loads(path.read_text())
-        found = data.get("rows") or [{"side": key, **row} for key, row in data.get("table", {}).items()]
+        found = (data.get("rows") or data.get("summary")
+                 or [{"side": key, **row} for key, row in data.get("table", {}).items()])
         rows += [{"bench": data.get("name", path.stem), **row} for row in found if isinstance(row, dict)]
         targets += [{"bench": data.get("name", path.stem), **row} for row in data.get("targets") or []]
     if proc.returncode != 0 or not rows:
