@@ -214,12 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"non-embedding), {args.batch} pairs/step, prompt {args.prompt_len} + responses {args.response_len} + EOS, "
           f"{threads} thread(s), {args.steps} steps (warmup {args.warmup}), {args.repeats} repeats; roofline fp32 "
           f"torch.mm {result['roofline']['gflops']:.1f} GFLOP/s. tokens/s min-max: real tokens each side runs.")
-    common.print_table(result["rows"], COLUMNS)
-    if result["ratio_rlhfkit_over_trl"]:
-        print("rlhfkit / TRL: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratio_rlhfkit_over_trl"].items()
-                                          if v is not None))
-        common.print_table(result["targets"], ("target", "rlhfkit / TRL", "wanted", "result"))
-    print(f"written to {path}")
+    common.print_result(result, COLUMNS, path)
     return result
 
 

@@ -209,12 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"prompts x C({args.k},2) = {args.pairs_per_step} pairs/step, prompt {args.prompt_len} + responses "
           f"{args.response_len} + EOS, {threads} thread(s), {args.steps} steps (warmup {args.warmup}), "
           f"{args.repeats} repeats; roofline fp32 torch.mm {result['roofline']['gflops']:.1f} GFLOP/s")
-    common.print_table(result["rows"], COLUMNS)
-    if result["ratio_rlhfkit_over_trl"]:
-        print("rlhfkit / TRL: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratio_rlhfkit_over_trl"].items()
-                                          if v is not None))
-        common.print_table(result["targets"], ("target", "rlhfkit / TRL", "wanted", "result"))
-    print(f"written to {path}")
+    common.print_result(result, COLUMNS, path)
     return result
 
 

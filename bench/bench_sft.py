@@ -251,12 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"(mean {d['mean_length']:.0f} tokens, {d['mean_trained']:.0f} trained), {threads} thread(s), "
           f"{args.steps} steps (warmup {args.warmup}), {args.repeats} repeats; roofline fp32 torch.mm "
           f"{result['roofline']['gflops']:.1f} GFLOP/s")
-    common.print_table(result["rows"], COLUMNS)
-    if result["ratio_rlhfkit_over_trl"]:
-        print("rlhfkit / TRL: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratio_rlhfkit_over_trl"].items()
-                                          if v is not None))
-        common.print_table(result["targets"], ("target", "rlhfkit / TRL", "wanted", "result"))
-    print(f"written to {path}")
+    common.print_result(result, COLUMNS, path)
     return result
 
 

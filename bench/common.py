@@ -451,6 +451,17 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def print_result(result: dict, columns: Sequence[str], path: Path) -> None:
+    """A training benchmark's ending: its rows, the rlhfkit / TRL ratios and target table (when TRL ran), and
+    where the result was written."""
+    print_table(result["rows"], columns)
+    if result["ratio_rlhfkit_over_trl"]:
+        print("rlhfkit / TRL: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratio_rlhfkit_over_trl"].items()
+                                          if v is not None))
+        print_table(result["targets"], ("target", "rlhfkit / TRL", "wanted", "result"))
+    print(f"written to {path}")
+
+
 def print_table(rows: list[dict], columns: Sequence[str], file: Any = None) -> None:
     """Rows as a fixed-width text table with the given columns (missing values left blank)."""
     cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
