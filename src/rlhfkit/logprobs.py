@@ -188,10 +188,8 @@ def response_logprobs(model: Any, rollout: Rollout, batch_size: int | None = Non
     step = batch_size or ids.shape[0]
     parts = [response_forward(model, ids[i: i + step].to(device), attn[i: i + step].to(device), P, A, temperature,
                               None, min_new_tokens, eos_id, top_p)[0]
-             for i in range(0, ids.shape[0], step)]  # (b, A) each
-    logps = torch.cat(parts, 0)  # (N, A)
-    # where, not *: a forbidden token on padding is -inf, and -inf * 0 is NaN
-    return torch.where(rollout.response_mask.to(logps.device).bool(), logps, torch.zeros_like(logps))
+             for i in range(0, ids.shape[0], step)]  # (b, A) each, 0 on padding (response_forward)
+    return torch.cat(parts, 0)  # (N, A)
 
 
 @torch.no_grad()
